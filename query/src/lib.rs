@@ -1,0 +1,6 @@
+//! The read side: API views of traces and spans, and the queries over them.
+
+pub mod traces;
+pub mod views;
+
+pub use traces::{QueryError, TraceQueries};

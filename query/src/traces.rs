@@ -1,0 +1,130 @@
+//! Trace and span reads: one trace with its spans, one span, and the default
+//! lists of `/traces/` and `/spans/`.
+//!
+//! NOTE: the lists merge every object of the organization on each call, which
+//! is linear in the organization's data; fine for the embedded deployment's
+//! sizes, and the filtered `/traces/list/` query is where indexed scans belong.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bedrock_store::events::model::SpanFields;
+use bedrock_store::events::EventStore;
+use bedrock_store::StoreError;
+use serde_json::Value;
+
+use crate::views::{SpanView, TraceView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One page of a list with the number of rows behind it.
+pub struct ListPage {
+    pub count: usize,
+    pub results: Vec<Value>,
+}
+
+#[derive(Clone)]
+pub struct TraceQueries {
+    store: Arc<EventStore>,
+}
+
+fn span_order(a: &SpanView, b: &SpanView) -> std::cmp::Ordering {
+    (a.started_at().unwrap_or(i64::MAX), a.first_seen, &a.id).cmp(&(b.started_at().unwrap_or(i64::MAX), b.first_seen, &b.id))
+}
+
+impl TraceQueries {
+    pub fn new(store: Arc<EventStore>) -> Self {
+        TraceQueries { store }
+    }
+
+    /// A trace with its spans in start order, or `None` when no create has arrived for it.
+    pub async fn trace_detail(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
+        let Some(state) = self.store.trace(organization_id, id).await? else {
+            return Ok(None);
+        };
+        let spans = self.store.spans_of_trace(organization_id, id).await?;
+        let mut views: Vec<SpanView> = spans.iter().map(|(span_id, s)| SpanView::new(span_id, s)).collect();
+        views.sort_by(span_order);
+        let trace = TraceView::new(id, &state, views.iter().map(|v| &v.fields));
+        let mut json = trace.to_json();
+        if let Value::Object(map) = &mut json {
+            map.insert("spans".into(), Value::Array(views.iter().map(SpanView::to_json).collect()));
+        }
+        Ok(Some(json))
+    }
+
+    /// Whether a trace exists (a create or an update has arrived for it).
+    pub async fn trace_exists(&self, organization_id: &str, id: &str) -> Result<bool, QueryError> {
+        Ok(self.store.trace(organization_id, id).await?.is_some())
+    }
+
+    /// A trace without its spans, as create and update responses return it.
+    pub async fn trace(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
+        let Some(state) = self.store.trace(organization_id, id).await? else {
+            return Ok(None);
+        };
+        let spans = self.store.spans_of_trace(organization_id, id).await?;
+        let fields: Vec<SpanFields> = spans.values().map(|s| s.resolve()).collect();
+        Ok(Some(TraceView::new(id, &state, fields.iter()).to_json()))
+    }
+
+    pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
+        let state = self.store.span(organization_id, id).await?;
+        Ok(state.map(|state| SpanView::new(id, &state).to_json()))
+    }
+
+    /// Spans, optionally of one trace and one type, in start order.
+    pub async fn list_spans(
+        &self,
+        organization_id: &str,
+        trace_id: Option<&str>,
+        span_type: Option<&str>,
+        flagged: Option<bool>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<ListPage, QueryError> {
+        let states = match trace_id {
+            Some(trace_id) => self.store.spans_of_trace(organization_id, trace_id).await?,
+            None => self.store.all(organization_id).await?.1,
+        };
+        let mut views: Vec<SpanView> = states
+            .iter()
+            .map(|(id, state)| SpanView::new(id, state))
+            .filter(|view| span_type.is_none_or(|kind| view.fields.span_type.as_deref() == Some(kind)))
+            .filter(|view| {
+                flagged.is_none_or(|wanted| view.fields.flag.as_ref().is_some_and(|f| f.flagged) == wanted)
+            })
+            .collect();
+        views.sort_by(span_order);
+        let count = views.len();
+        let results = views.iter().skip(offset).take(limit).map(SpanView::to_json).collect();
+        Ok(ListPage { count, results })
+    }
+
+    /// Traces newest first.
+    pub async fn list_traces(&self, organization_id: &str, offset: usize, limit: usize) -> Result<ListPage, QueryError> {
+        let (traces, spans) = self.store.all(organization_id).await?;
+        let mut by_trace: HashMap<String, Vec<SpanFields>> = HashMap::new();
+        for state in spans.values() {
+            let fields = state.resolve();
+            if let Some(trace_id) = &fields.trace_id {
+                by_trace.entry(trace_id.clone()).or_default().push(fields);
+            }
+        }
+        let empty = Vec::new();
+        let mut views: Vec<TraceView> = traces
+            .iter()
+            .map(|(id, state)| TraceView::new(id, state, by_trace.get(id).unwrap_or(&empty).iter()))
+            .collect();
+        views.sort_by(|a, b| {
+            (b.fields.started_at, b.first_seen, &b.id).cmp(&(a.fields.started_at, a.first_seen, &a.id))
+        });
+        let count = views.len();
+        let results = views.iter().skip(offset).take(limit).map(TraceView::to_json).collect();
+        Ok(ListPage { count, results })
+    }
+}

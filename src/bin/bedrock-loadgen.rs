@@ -1,0 +1,385 @@
+//! Load generator: drives a running bedrock server over HTTP with the
+//! traffic of real agent harnesses, and reports throughput, latency
+//! percentiles (from an HDR histogram) and errors by status.
+//!
+//! Each client runs agent sessions one after another, as the Python harness
+//! does: open a trace, a `run_agent` root span, then per turn a `turn_N`
+//! span with an `llm` span (closed with `metadata.llm_cost`) and a `tool`
+//! span, closing every span with a PATCH and the trace with a PATCH. Eval
+//! sessions (a share set by `--eval-share`) add `checkpoint` spans, each in
+//! its own trace. Every span is one POST and one PATCH, on keep-alive
+//! connections.
+//!
+//! It stops by itself after `--duration-seconds` or `--spans`, whichever
+//! comes first, and prints a text report, or JSON with `--json`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+#[command(name = "bedrock-loadgen", about = "Drives a bedrock server with realistic agent-harness traffic.")]
+struct Settings {
+    /// Base URL of the server.
+    #[arg(long, env = "BEDROCK_URL", default_value = "http://127.0.0.1:8000")]
+    url: String,
+
+    /// Organization API key; when unset, a new organization and key are created through sign-up.
+    #[arg(long, env = "BEDROCK_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+
+    /// Concurrent clients, each with its own keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    duration_seconds: u64,
+
+    /// Stop after this many spans have been opened (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    spans: u64,
+
+    /// Cap on requests per second over all clients (0: as fast as the server answers).
+    #[arg(long, default_value_t = 0)]
+    rps: u64,
+
+    /// Seed of the random generator, for repeatable traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Share of sessions that are evaluation runs with checkpoints, from 0 to 1.
+    #[arg(long, default_value_t = 0.2)]
+    eval_share: f64,
+
+    /// Typical size of an llm span's input text, in bytes.
+    #[arg(long, default_value_t = 2048)]
+    text_bytes: usize,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Counters {
+    requests: AtomicU64,
+    spans_opened: AtomicU64,
+    spans_closed: AtomicU64,
+    traces: AtomicU64,
+    stop: AtomicBool,
+    statuses: Mutex<BTreeMap<String, u64>>,
+    latencies: Mutex<Histogram<u64>>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    counters: Arc<Counters>,
+    rng: StdRng,
+    limiter: Option<Arc<RateLimiter>>,
+    text: String,
+    span_limit: u64,
+}
+
+/// Spreads `rps` requests per second over all clients.
+struct RateLimiter {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().unwrap();
+            let now = Instant::now();
+            let at = (*next).max(now);
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+}
+
+impl Client {
+    fn stopped(&self) -> bool {
+        self.counters.stop.load(Ordering::Relaxed)
+            || (self.span_limit > 0 && self.counters.spans_opened.load(Ordering::Relaxed) >= self.span_limit)
+    }
+
+    /// Sends one request and records its latency and status. Returns false on a transport error.
+    async fn send(&mut self, method: reqwest::Method, path: &str, body: Value) -> bool {
+        if let Some(limiter) = &self.limiter {
+            limiter.wait().await;
+        }
+        let started = Instant::now();
+        let result = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("Authorization", &self.key)
+            .json(&body)
+            .send()
+            .await;
+        let status = match result {
+            Ok(response) => {
+                let status = response.status().as_u16().to_string();
+                // Read the body so the connection is reused.
+                let _ = response.bytes().await;
+                status
+            }
+            Err(err) if err.is_timeout() => "timeout".to_string(),
+            Err(_) => "connection error".to_string(),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut histogram) = self.counters.latencies.lock() {
+            let _ = histogram.record(micros.max(1));
+        }
+        let ok = status.starts_with('2');
+        *self.counters.statuses.lock().unwrap().entry(status).or_default() += 1;
+        ok
+    }
+
+    async fn open_span(&mut self, span: Value) -> bool {
+        self.counters.spans_opened.fetch_add(1, Ordering::Relaxed);
+        self.send(reqwest::Method::POST, "/api/tracing/spans/", span).await
+    }
+
+    async fn close_span(&mut self, id: &str, body: Value) {
+        if self.send(reqwest::Method::PATCH, &format!("/api/tracing/spans/{id}/"), body).await {
+            self.counters.spans_closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One agent session: a trace with a root span, turns, llm and tool spans.
+    async fn session(&mut self, agent: &str) {
+        let trace_id = uuid::Uuid::new_v4().to_string();
+        let run_id = format!("run-{}", self.rng.gen::<u32>());
+        self.counters.traces.fetch_add(1, Ordering::Relaxed);
+        self.send(reqwest::Method::POST, "/api/tracing/traces/",
+            json!({"id": trace_id, "name": "run_agent", "started_at": timestamp(), "agent_id": agent, "metadata": {}}))
+            .await;
+        let root = uuid::Uuid::new_v4().to_string();
+        self.open_span(json!({"id": root, "trace_id": trace_id, "parent_id": null, "name": "run_agent", "span_type": "text",
+            "started_at": timestamp(), "input_text": null, "metadata": {"agent_id": agent, "run_id": run_id}}))
+            .await;
+
+        let turns = self.rng.gen_range(1..=4);
+        let (mut input_total, mut output_total) = (0u64, 0u64);
+        for turn in 0..turns {
+            if self.stopped() {
+                break;
+            }
+            let turn_id = uuid::Uuid::new_v4().to_string();
+            self.open_span(json!({"id": turn_id, "trace_id": trace_id, "parent_id": root, "name": format!("turn_{turn}"),
+                "span_type": "text", "started_at": timestamp(), "input_text": null, "metadata": {}}))
+                .await;
+
+            let llm = uuid::Uuid::new_v4().to_string();
+            let input_tokens = self.rng.gen_range(500..4000u64);
+            let output_tokens = self.rng.gen_range(10..400u64);
+            let cached = self.rng.gen_range(0..input_tokens / 2);
+            input_total += input_tokens;
+            output_total += output_tokens;
+            self.open_span(json!({"id": llm, "trace_id": trace_id, "parent_id": turn_id, "name": "openrouter_api_call",
+                "span_type": "llm", "started_at": timestamp(), "input_text": null,
+                "metadata": {"model": "openai/gpt-4o-mini", "provider": "openrouter"}}))
+                .await;
+            let cost = (input_tokens as f64 * 0.15 + output_tokens as f64 * 0.6) / 1_000_000.0;
+            let text = self.text.clone();
+            self.close_span(&llm, json!({"ended_at": timestamp(), "input_text": text, "output_text": "I will check the forecast.",
+                "error": "", "metadata": {"model": "openai/gpt-4o-mini", "provider": "openrouter", "llm_cost": {
+                    "model": "openai/gpt-4o-mini", "input_tokens": input_tokens, "output_tokens": output_tokens,
+                    "cached_tokens": cached, "reasoning_tokens": 0, "total_cost_usd": cost, "cache_hit_rate": 0.0}}}))
+                .await;
+
+            let tool = uuid::Uuid::new_v4().to_string();
+            self.open_span(json!({"id": tool, "trace_id": trace_id, "parent_id": turn_id, "name": "get_forecast",
+                "span_type": "tool", "started_at": timestamp(), "input_text": "{\"args\": {\"city\": \"Lisbon\"}}", "metadata": {}}))
+                .await;
+            let failed = self.rng.gen_bool(0.05);
+            self.close_span(&tool, json!({"ended_at": timestamp(), "input_text": "", "output_text": if failed { "" } else { "Sunny, 21 C." },
+                "error": if failed { "tool timed out" } else { "" }, "metadata": {}}))
+                .await;
+            self.close_span(&turn_id, json!({"ended_at": timestamp(), "input_text": "", "output_text": "", "error": "",
+                "metadata": {"usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}}))
+                .await;
+        }
+        let usage = json!({"usage": {"input_tokens": input_total, "output_tokens": output_total, "llm_calls": turns}});
+        self.close_span(&root, json!({"ended_at": timestamp(), "input_text": "", "output_text": "", "error": "",
+            "metadata": {"agent_id": agent, "run_id": run_id, "usage": usage["usage"].clone()}}))
+            .await;
+        self.send(reqwest::Method::PATCH, &format!("/api/tracing/traces/{trace_id}/"),
+            json!({"ended_at": timestamp(), "error": "", "metadata": usage}))
+            .await;
+    }
+
+    /// One evaluation checkpoint, sent as its own trace like `emit_completed_span`.
+    async fn checkpoint(&mut self, agent: &str, n: u32) {
+        let trace_id = uuid::Uuid::new_v4().to_string();
+        let span_id = uuid::Uuid::new_v4().to_string();
+        let at = timestamp();
+        let passed = self.rng.gen_bool(0.7);
+        let name = format!("checkpoint_{n}");
+        let metadata = json!({"passed": passed, "description": "Restaurant has vegetarian options", "scenario": "group_lunch",
+            "agent_id": agent, "assertions": [{"passed": passed, "description": "vegetarian"}], "assertions_passed": passed as u8,
+            "assertions_total": 1, "cumulative_cost_usd": "0.00038", "cumulative_wall_seconds": 2.5});
+        self.counters.traces.fetch_add(1, Ordering::Relaxed);
+        self.send(reqwest::Method::POST, "/api/tracing/traces/",
+            json!({"id": trace_id, "name": name, "started_at": at, "agent_id": agent, "metadata": {}}))
+            .await;
+        self.open_span(json!({"id": span_id, "trace_id": trace_id, "parent_id": null, "name": name, "span_type": "checkpoint",
+            "started_at": at, "input_text": null, "metadata": metadata}))
+            .await;
+        self.close_span(&span_id, json!({"ended_at": at, "input_text": "", "output_text": "", "error": "", "metadata": metadata}))
+            .await;
+        self.send(reqwest::Method::PATCH, &format!("/api/tracing/traces/{trace_id}/"),
+            json!({"ended_at": at, "error": "", "metadata": metadata}))
+            .await;
+    }
+
+    async fn run(mut self, eval_share: f64, client_index: usize) {
+        let agent = format!("agent-{}", client_index % 16);
+        while !self.stopped() {
+            if self.rng.gen_bool(eval_share.clamp(0.0, 1.0)) {
+                for n in 0..3 {
+                    self.checkpoint(&agent, n).await;
+                }
+            } else {
+                self.session(&agent).await;
+            }
+        }
+    }
+}
+
+async fn create_key(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let email = format!("loadgen-{}@example.com", uuid::Uuid::new_v4().simple());
+    let session: Value = http
+        .post(format!("{base}/api/organizations/auth/signup/"))
+        .json(&json!({"email": email, "password": "load generator password"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = session["token"].as_str().ok_or_else(|| anyhow::anyhow!("sign-up returned no token"))?;
+    let key: Value = http
+        .post(format!("{base}/api/organizations/api-keys/"))
+        .header("Authorization", format!("Token {token}"))
+        .json(&json!({"name": "loadgen"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let key = key["key"].as_str().ok_or_else(|| anyhow::anyhow!("key creation returned no key"))?;
+    Ok(format!("Bearer {key}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    let base = settings.url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(settings.clients)
+        .build()?;
+    let key = match &settings.key {
+        Some(key) if key.starts_with("Bearer ") || key.starts_with("Token ") => key.clone(),
+        Some(key) => format!("Bearer {key}"),
+        None => create_key(&http, &base).await?,
+    };
+
+    let counters = Arc::new(Counters {
+        requests: AtomicU64::new(0),
+        spans_opened: AtomicU64::new(0),
+        spans_closed: AtomicU64::new(0),
+        traces: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        statuses: Mutex::new(BTreeMap::new()),
+        latencies: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+    });
+    let limiter = (settings.rps > 0).then(|| {
+        Arc::new(RateLimiter { interval: Duration::from_secs_f64(1.0 / settings.rps as f64), next: Mutex::new(Instant::now()) })
+    });
+    let mut seed_rng = StdRng::seed_from_u64(settings.seed);
+    let text: String = (0..settings.text_bytes).map(|i| if i % 7 == 6 { ' ' } else { 'a' }).collect();
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for index in 0..settings.clients {
+        let client = Client {
+            http: http.clone(),
+            base: base.clone(),
+            key: key.clone(),
+            counters: counters.clone(),
+            rng: StdRng::seed_from_u64(seed_rng.gen()),
+            limiter: limiter.clone(),
+            text: text.clone(),
+            span_limit: settings.spans,
+        };
+        tasks.push(tokio::spawn(client.run(settings.eval_share, index)));
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(settings.duration_seconds));
+    tokio::pin!(deadline);
+    let all_done = futures_join(tasks);
+    tokio::pin!(all_done);
+    tokio::select! {
+        _ = &mut deadline => {
+            counters.stop.store(true, Ordering::Relaxed);
+            all_done.await;
+        }
+        _ = &mut all_done => {}
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let histogram = counters.latencies.lock().unwrap().clone();
+    let statuses = counters.statuses.lock().unwrap().clone();
+    let requests = counters.requests.load(Ordering::Relaxed);
+    let spans_closed = counters.spans_closed.load(Ordering::Relaxed);
+    let errors: u64 = statuses.iter().filter(|(status, _)| !status.starts_with('2')).map(|(_, n)| n).sum();
+    let millis = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let report = json!({
+        "url": base,
+        "clients": settings.clients,
+        "seconds": elapsed,
+        "requests": requests,
+        "requests_per_second": requests as f64 / elapsed,
+        "traces": counters.traces.load(Ordering::Relaxed),
+        "spans_opened": counters.spans_opened.load(Ordering::Relaxed),
+        "spans_acknowledged": spans_closed,
+        "spans_per_second": spans_closed as f64 / elapsed,
+        "latency_ms": {"p50": millis(0.50), "p90": millis(0.90), "p99": millis(0.99), "max": histogram.max() as f64 / 1000.0},
+        "errors": errors,
+        "statuses": statuses,
+    });
+    if settings.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{} requests in {:.1} s from {} clients: {:.0} requests/s", requests, elapsed, settings.clients, requests as f64 / elapsed);
+        println!("{} spans closed and acknowledged: {:.0} spans/s", spans_closed, spans_closed as f64 / elapsed);
+        println!(
+            "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            millis(0.50), millis(0.90), millis(0.99), histogram.max() as f64 / 1000.0
+        );
+        println!("statuses: {}", serde_json::to_string(&report["statuses"])?);
+    }
+    Ok(())
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}

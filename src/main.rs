@@ -1,0 +1,45 @@
+use clap::Parser;
+
+use bedrock::config::{Cli, Command, LogFormat};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(settings) => {
+            bedrock::init_logging(settings.log_format, &settings.log);
+            serve(settings).await
+        }
+        Command::Migrate(storage) => {
+            bedrock::init_logging(LogFormat::Text, "info");
+            bedrock::open_control_plane(&storage).await.map(|_| tracing::info!("migrations applied"))
+        }
+        Command::MakeAdmin { email, revoke, storage } => {
+            bedrock::init_logging(LogFormat::Text, "info");
+            make_admin(&storage, &email, !revoke).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bedrock: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: bedrock::config::ServeSettings) -> anyhow::Result<()> {
+    let server = bedrock::Server::bind(settings).await?;
+    tracing::info!(address = %server.local_addr()?, "bedrock listening");
+    server.run(bedrock::shutdown_signal()).await
+}
+
+async fn make_admin(storage: &bedrock::config::StorageSettings, email: &str, grant: bool) -> anyhow::Result<()> {
+    let control = bedrock::open_control_plane(storage).await?;
+    control
+        .set_admin(&email.trim().to_lowercase(), grant)
+        .await
+        .map_err(|err| anyhow::anyhow!("could not update {email}: {err}"))?;
+    tracing::info!(email, is_admin = grant, "administrator flag updated");
+    Ok(())
+}

@@ -1,0 +1,592 @@
+//! The embedded event store: an in-memory buffer of partial object states in
+//! front of immutable Parquet segments.
+//!
+//! Writes are applied to the buffer after the write-ahead log has made them
+//! durable (the `ingest` crate does that), so reads see them at once. A flush
+//! moves the whole buffer into a new segment; compaction merges segments so
+//! each object has one row. Reads merge, per object and in write order, the
+//! rows of every segment, the generation being flushed and the live buffer.
+//!
+//! Segments are scanned with DataFusion, filtered by organization, trace or id
+//! so row-group statistics and bloom filters skip what a read does not need.
+
+mod bloom;
+pub mod merge_patch;
+pub mod model;
+pub mod segment;
+pub mod usage;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::{col, lit, Expr, ParquetReadOptions, SessionConfig, SessionContext};
+use serde::de::DeserializeOwned;
+
+use self::model::{Batch, Fields, Layered, SpanState, TraceState, Write};
+use self::segment::{Applied, SegmentFile, SegmentRow, KIND_SPAN, KIND_TRACE};
+use crate::StoreError;
+
+type Key = (String, String);
+
+/// Objects written since the last flush.
+#[derive(Default)]
+struct Generation {
+    traces: HashMap<Key, TraceState>,
+    spans: HashMap<Key, SpanState>,
+    /// Span ids by (organization, trace id), for reads of one trace.
+    spans_by_trace: HashMap<Key, HashSet<String>>,
+    bytes: usize,
+    writes: usize,
+}
+
+impl Generation {
+    fn is_empty(&self) -> bool {
+        self.traces.is_empty() && self.spans.is_empty()
+    }
+
+    fn apply(&mut self, organization_id: &str, write: &Write, seq: u64, now: i64) {
+        match write {
+            Write::Trace { id, op, fields } => {
+                let key = (organization_id.to_string(), id.clone());
+                apply_to(&mut self.traces, &mut self.bytes, key, *op, fields.clone(), seq, now);
+            }
+            Write::Span { id, op, fields } => {
+                let key = (organization_id.to_string(), id.clone());
+                apply_to(&mut self.spans, &mut self.bytes, key, *op, fields.clone(), seq, now);
+                if let Some(trace_id) = &fields.trace_id {
+                    self.spans_by_trace
+                        .entry((organization_id.to_string(), trace_id.clone()))
+                        .or_default()
+                        .insert(id.clone());
+                }
+            }
+        }
+        self.writes += 1;
+    }
+}
+
+fn apply_to<F: Fields>(
+    map: &mut HashMap<Key, Layered<F>>,
+    bytes: &mut usize,
+    key: Key,
+    op: model::Op,
+    fields: F,
+    seq: u64,
+    now: i64,
+) {
+    let key_bytes = key.0.len() + key.1.len() + 64;
+    match map.get_mut(&key) {
+        Some(state) => {
+            let before = state.heap_bytes();
+            state.apply(op, fields, seq);
+            *bytes = (*bytes + state.heap_bytes()).saturating_sub(before);
+        }
+        None => {
+            let state = Layered::from_write(op, fields, seq, now);
+            *bytes += state.heap_bytes() + key_bytes;
+            map.insert(key, state);
+        }
+    }
+}
+
+/// Tracks which log records have been applied, when they finish out of order.
+#[derive(Default)]
+struct AppliedTracker {
+    through: u64,
+    pending: BTreeSet<u64>,
+}
+
+impl AppliedTracker {
+    fn mark(&mut self, lsn: u64) {
+        if lsn <= self.through {
+            return;
+        }
+        self.pending.insert(lsn);
+        while self.pending.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+    }
+
+    fn snapshot(&self) -> Applied {
+        Applied { through: self.through, extra: self.pending.iter().copied().collect() }
+    }
+}
+
+struct Inner {
+    buffer: Generation,
+    flushing: Option<Arc<Generation>>,
+    segments: Vec<SegmentFile>,
+    next_segment: u64,
+    tracker: AppliedTracker,
+}
+
+/// Counters for readiness checks, logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    pub buffer_objects: usize,
+    pub buffer_writes: usize,
+    pub buffer_bytes: usize,
+    pub segments: usize,
+    pub segment_rows: u64,
+    pub segment_bytes: u64,
+}
+
+pub struct EventStore {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// One flush or compaction at a time.
+    maintenance: tokio::sync::Mutex<()>,
+    /// Held by reads while they scan segment files, and exclusively by
+    /// compaction while it deletes the files it replaced.
+    files: tokio::sync::RwLock<()>,
+    context: SessionContext,
+}
+
+impl EventStore {
+    /// Opens the store in `dir`, loading its segments.
+    pub fn open(dir: &Path) -> Result<EventStore, StoreError> {
+        let segments_dir = dir.join("segments");
+        let segments = segment::load_segments(&segments_dir)?;
+        let next_segment = segments.last().map_or(1, |s| s.last + 1);
+        let mut tracker = AppliedTracker::default();
+        for file in &segments {
+            tracker.through = tracker.through.max(file.applied.through);
+            tracker.pending.extend(file.applied.extra.iter().copied());
+        }
+        let tracker_through = tracker.through;
+        tracker.pending.retain(|lsn| *lsn > tracker_through);
+        tracing::info!(segments = segments.len(), applied_through = tracker.through, "event store opened");
+        let config = SessionConfig::new().with_target_partitions(2);
+        Ok(EventStore {
+            dir: segments_dir,
+            inner: Mutex::new(Inner {
+                buffer: Generation::default(),
+                flushing: None,
+                segments,
+                next_segment,
+                tracker,
+            }),
+            maintenance: tokio::sync::Mutex::new(()),
+            files: tokio::sync::RwLock::new(()),
+            context: SessionContext::new_with_config(config),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the segments already contain the effects of log record `lsn`;
+    /// recovery skips such records.
+    pub fn contains(&self, lsn: u64) -> bool {
+        let inner = self.lock();
+        lsn <= inner.tracker.through || inner.tracker.pending.contains(&lsn)
+    }
+
+    /// Applies a durable batch of writes, logged as record `lsn`.
+    pub fn apply(&self, lsn: u64, batch: &Batch) {
+        let mut inner = self.lock();
+        for write in &batch.writes {
+            inner.buffer.apply(&batch.organization_id, write, lsn, batch.received_at);
+        }
+        inner.tracker.mark(lsn);
+    }
+
+    /// Declares every record up to `lsn` applied; recovery calls this after
+    /// replaying the log, whose truncated records are all in segments.
+    pub fn mark_applied_through(&self, lsn: u64) {
+        let mut inner = self.lock();
+        if lsn > inner.tracker.through {
+            inner.tracker.through = lsn;
+            inner.tracker.pending.retain(|pending| *pending > lsn);
+        }
+    }
+
+    /// Bytes held in memory by unflushed writes (buffer plus the generation being flushed).
+    pub fn buffered_bytes(&self) -> usize {
+        let inner = self.lock();
+        inner.buffer.bytes + inner.flushing.as_ref().map_or(0, |g| g.bytes)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let inner = self.lock();
+        StoreStats {
+            buffer_objects: inner.buffer.traces.len() + inner.buffer.spans.len(),
+            buffer_writes: inner.buffer.writes,
+            buffer_bytes: inner.buffer.bytes + inner.flushing.as_ref().map_or(0, |g| g.bytes),
+            segments: inner.segments.len(),
+            segment_rows: inner.segments.iter().map(|s| s.rows).sum(),
+            segment_bytes: inner.segments.iter().map(|s| s.bytes).sum(),
+        }
+    }
+
+    /// Writes the buffer to a new segment. Returns the log position through
+    /// which every record is now in segments (so the log may be truncated
+    /// there), or `None` when there was nothing to flush.
+    pub async fn flush(&self) -> Result<Option<u64>, StoreError> {
+        let _maintenance = self.maintenance.lock().await;
+        let (generation, applied, number) = {
+            let mut inner = self.lock();
+            if inner.buffer.is_empty() {
+                return Ok(None);
+            }
+            let generation = Arc::new(std::mem::take(&mut inner.buffer));
+            inner.flushing = Some(generation.clone());
+            let number = inner.next_segment;
+            inner.next_segment += 1;
+            (generation, inner.tracker.snapshot(), number)
+        };
+
+        let dir = self.dir.clone();
+        let written = {
+            let generation = generation.clone();
+            let applied = applied.clone();
+            tokio::task::spawn_blocking(move || {
+                let rows = generation_rows(&generation)?;
+                segment::write_segment(&dir, number, number, rows, &applied)
+            })
+            .await
+            .map_err(StoreError::internal)?
+        };
+
+        let mut inner = self.lock();
+        match written {
+            Ok(file) => {
+                tracing::info!(segment = number, rows = file.rows, bytes = file.bytes, "buffer flushed");
+                inner.segments.push(file);
+                inner.flushing = None;
+                Ok(Some(applied.through))
+            }
+            Err(err) => {
+                // Put the generation back in front of newer writes, so nothing is lost
+                // and the next flush retries it.
+                let newer = std::mem::take(&mut inner.buffer);
+                let mut restored = Arc::try_unwrap(generation).unwrap_or_else(|shared| clone_generation(&shared));
+                merge_generation(&mut restored, newer);
+                inner.buffer = restored;
+                inner.flushing = None;
+                Err(err)
+            }
+        }
+    }
+
+    /// Merges all segments into one when there are at least `min_segments`.
+    pub async fn compact(&self, min_segments: usize) -> Result<bool, StoreError> {
+        let _maintenance = self.maintenance.lock().await;
+        let victims: Vec<SegmentFile> = {
+            let inner = self.lock();
+            if inner.segments.len() < min_segments.max(2) {
+                return Ok(false);
+            }
+            inner.segments.clone()
+        };
+        let first = victims.first().map_or(0, |s| s.first);
+        let last = victims.last().map_or(0, |s| s.last);
+        let mut applied = victims.last().map(|s| s.applied.clone()).unwrap_or_default();
+        let dir = self.dir.clone();
+        let paths: Vec<PathBuf> = victims.iter().map(|s| s.path.clone()).collect();
+        let file = tokio::task::spawn_blocking(move || {
+            let mut merged: HashMap<(String, &'static str, String), SegmentRow> = HashMap::new();
+            let mut order = Vec::new();
+            for path in &paths {
+                for row in segment::read_rows(path)? {
+                    let key = (row.organization_id.clone(), row.kind, row.id.clone());
+                    match merged.get_mut(&key) {
+                        Some(existing) => merge_rows(existing, row)?,
+                        None => {
+                            order.push(key.clone());
+                            merged.insert(key, row);
+                        }
+                    }
+                }
+            }
+            let rows: Vec<SegmentRow> = order.into_iter().filter_map(|key| merged.remove(&key)).collect();
+            applied.extra.retain(|lsn| *lsn > applied.through);
+            segment::write_segment(&dir, first, last, rows, &applied)
+        })
+        .await
+        .map_err(StoreError::internal)??;
+
+        let _files = self.files.write().await;
+        {
+            let mut inner = self.lock();
+            let replaced = victims.len();
+            inner.segments.splice(0..replaced, [file.clone()]);
+        }
+        for victim in &victims {
+            if let Err(err) = std::fs::remove_file(&victim.path) {
+                tracing::warn!(file = %victim.path.display(), error = %err, "could not remove compacted segment");
+            }
+        }
+        segment::sync_dir(&self.dir)?;
+        tracing::info!(segments = victims.len(), rows = file.rows, bytes = file.bytes, "segments compacted");
+        Ok(true)
+    }
+
+    /// The merged state of one trace.
+    pub async fn trace(&self, organization_id: &str, id: &str) -> Result<Option<TraceState>, StoreError> {
+        let filter = col("organization_id")
+            .eq(lit(organization_id))
+            .and(col("kind").eq(lit(KIND_TRACE)))
+            .and(col("id").eq(lit(id)));
+        let rows = self.scan_where(|s| s.may_hold_object(organization_id, KIND_TRACE, id), filter).await?;
+        let key = (organization_id.to_string(), id.to_string());
+        let mut state = merge_segment_rows::<model::TraceFields>(&rows)?.remove(id);
+        self.with_memory(|generation| {
+            if let Some(newer) = generation.traces.get(&key) {
+                merge_into(&mut state, newer);
+            }
+        });
+        Ok(state)
+    }
+
+    /// The merged state of one span.
+    pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<SpanState>, StoreError> {
+        let filter = col("organization_id")
+            .eq(lit(organization_id))
+            .and(col("kind").eq(lit(KIND_SPAN)))
+            .and(col("id").eq(lit(id)));
+        let rows = self.scan_where(|s| s.may_hold_object(organization_id, KIND_SPAN, id), filter).await?;
+        let key = (organization_id.to_string(), id.to_string());
+        let mut state = merge_segment_rows::<model::SpanFields>(&rows)?.remove(id);
+        self.with_memory(|generation| {
+            if let Some(newer) = generation.spans.get(&key) {
+                merge_into(&mut state, newer);
+            }
+        });
+        Ok(state)
+    }
+
+    /// The merged states of every span that belongs to a trace, by span id.
+    pub async fn spans_of_trace(
+        &self,
+        organization_id: &str,
+        trace_id: &str,
+    ) -> Result<HashMap<String, SpanState>, StoreError> {
+        // Span ids known to belong to the trace, from memory and segments.
+        let mut ids: HashSet<String> = HashSet::new();
+        let trace_key = (organization_id.to_string(), trace_id.to_string());
+        self.with_memory(|generation| {
+            if let Some(known) = generation.spans_by_trace.get(&trace_key) {
+                ids.extend(known.iter().cloned());
+            }
+        });
+        let by_trace = col("organization_id")
+            .eq(lit(organization_id))
+            .and(col("kind").eq(lit(KIND_SPAN)))
+            .and(col("trace_id").eq(lit(trace_id)));
+        let by_trace_rows = self.scan_where(|s| s.may_hold_trace(organization_id, trace_id), by_trace).await?;
+        ids.extend(by_trace_rows.into_iter().map(|row| row.id));
+
+        // Every row of those spans, in segment order, including partial rows
+        // that do not name the trace (a close stored before its open arrived).
+        let mut rows = Vec::new();
+        if !ids.is_empty() {
+            let list: Vec<Expr> = ids.iter().map(|id| lit(id.as_str())).collect();
+            let by_id = col("organization_id")
+                .eq(lit(organization_id))
+                .and(col("kind").eq(lit(KIND_SPAN)))
+                .and(col("id").in_list(list, false));
+            let may_hold_any =
+                |s: &SegmentFile| ids.iter().any(|id| s.may_hold_object(organization_id, KIND_SPAN, id));
+            rows = self.scan_where(may_hold_any, by_id).await?;
+        }
+
+        let mut states = merge_segment_rows::<model::SpanFields>(&rows)?;
+        self.with_memory(|generation| {
+            for id in &ids {
+                if let Some(newer) = generation.spans.get(&(organization_id.to_string(), id.clone())) {
+                    let mut state = states.remove(id);
+                    merge_into(&mut state, newer);
+                    if let Some(state) = state {
+                        states.insert(id.clone(), state);
+                    }
+                }
+            }
+        });
+        // A span whose merged state names another trace moved there.
+        states.retain(|_, state| state.resolve().trace_id.as_deref() == Some(trace_id));
+        Ok(states)
+    }
+
+    /// Every trace and span of an organization, merged.
+    pub async fn all(
+        &self,
+        organization_id: &str,
+    ) -> Result<(HashMap<String, TraceState>, HashMap<String, SpanState>), StoreError> {
+        let rows = self.scan(col("organization_id").eq(lit(organization_id))).await?;
+        let (trace_rows, span_rows): (Vec<SegmentRow>, Vec<SegmentRow>) =
+            rows.into_iter().partition(|row| row.kind == KIND_TRACE);
+        let mut traces = merge_segment_rows::<model::TraceFields>(&trace_rows)?;
+        let mut spans = merge_segment_rows::<model::SpanFields>(&span_rows)?;
+        self.with_memory(|generation| {
+            for ((org, id), newer) in &generation.traces {
+                if org == organization_id {
+                    let mut state = traces.remove(id);
+                    merge_into(&mut state, newer);
+                    traces.extend(state.map(|s| (id.clone(), s)));
+                }
+            }
+            for ((org, id), newer) in &generation.spans {
+                if org == organization_id {
+                    let mut state = spans.remove(id);
+                    merge_into(&mut state, newer);
+                    spans.extend(state.map(|s| (id.clone(), s)));
+                }
+            }
+        });
+        Ok((traces, spans))
+    }
+
+    /// Runs `visit` on the generation being flushed, then the live buffer: the write order.
+    fn with_memory(&self, mut visit: impl FnMut(&Generation)) {
+        let inner = self.lock();
+        if let Some(flushing) = &inner.flushing {
+            visit(flushing);
+        }
+        visit(&inner.buffer);
+    }
+
+    /// Scans the segments that `select` keeps for rows matching `filter`, in segment order.
+    async fn scan_where(
+        &self,
+        select: impl Fn(&SegmentFile) -> bool,
+        filter: Expr,
+    ) -> Result<Vec<SegmentRow>, StoreError> {
+        let _files = self.files.read().await;
+        let paths: Vec<String> = {
+            let inner = self.lock();
+            inner.segments.iter().filter(|s| select(s)).map(|s| s.path.to_string_lossy().to_string()).collect()
+        };
+        let mut rows = Vec::new();
+        // One file at a time keeps segment order, which the merge needs.
+        for path in paths {
+            let frame = self
+                .context
+                .read_parquet(path.as_str(), ParquetReadOptions::default())
+                .await
+                .map_err(datafusion_error)?
+                .filter(filter.clone())
+                .map_err(datafusion_error)?;
+            let batches: Vec<RecordBatch> = frame.collect().await.map_err(datafusion_error)?;
+            for batch in &batches {
+                rows.extend(segment::rows_of_batch(batch)?);
+            }
+        }
+        Ok(rows)
+    }
+}
+
+impl EventStore {
+    async fn scan(&self, filter: Expr) -> Result<Vec<SegmentRow>, StoreError> {
+        self.scan_where(|_| true, filter).await
+    }
+}
+
+fn datafusion_error(err: datafusion::error::DataFusionError) -> StoreError {
+    StoreError::Internal(format!("segment scan failed: {err}"))
+}
+
+fn merge_into<F: Fields>(state: &mut Option<Layered<F>>, newer: &Layered<F>) {
+    match state {
+        Some(existing) => existing.merge_newer(newer),
+        None => *state = Some(newer.clone()),
+    }
+}
+
+fn decode_state<T: DeserializeOwned>(row: &SegmentRow) -> Result<T, StoreError> {
+    serde_json::from_str(&row.state)
+        .map_err(|err| StoreError::Internal(format!("corrupt state of {} {}: {err}", row.kind, row.id)))
+}
+
+/// Merges segment rows (already in write order) by object id.
+fn merge_segment_rows<F>(rows: &[SegmentRow]) -> Result<HashMap<String, Layered<F>>, StoreError>
+where
+    F: Fields + DeserializeOwned,
+{
+    let mut states: HashMap<String, Layered<F>> = HashMap::new();
+    for row in rows {
+        let state: Layered<F> = decode_state(row)?;
+        match states.get_mut(&row.id) {
+            Some(existing) => existing.merge_newer(&state),
+            None => {
+                states.insert(row.id.clone(), state);
+            }
+        }
+    }
+    Ok(states)
+}
+
+fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreError> {
+    let state = if existing.kind == KIND_TRACE {
+        let mut merged: TraceState = decode_state(existing)?;
+        merged.merge_newer(&decode_state(&newer)?);
+        existing.trace_id = Some(existing.id.clone());
+        serde_json::to_string(&merged)
+    } else {
+        let mut merged: SpanState = decode_state(existing)?;
+        merged.merge_newer(&decode_state(&newer)?);
+        existing.trace_id = merged.resolve().trace_id;
+        serde_json::to_string(&merged)
+    };
+    existing.state = state.map_err(StoreError::internal)?;
+    existing.seq = existing.seq.max(newer.seq);
+    Ok(())
+}
+
+fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreError> {
+    let mut rows = Vec::with_capacity(generation.traces.len() + generation.spans.len());
+    for ((org, id), state) in &generation.traces {
+        rows.push(SegmentRow {
+            organization_id: org.clone(),
+            kind: KIND_TRACE,
+            id: id.clone(),
+            trace_id: Some(id.clone()),
+            seq: state.seq,
+            state: serde_json::to_string(state).map_err(StoreError::internal)?,
+        });
+    }
+    for ((org, id), state) in &generation.spans {
+        let trace_id = state.update.trace_id.clone().or_else(|| state.create.trace_id.clone());
+        rows.push(SegmentRow {
+            organization_id: org.clone(),
+            kind: KIND_SPAN,
+            id: id.clone(),
+            trace_id,
+            seq: state.seq,
+            state: serde_json::to_string(state).map_err(StoreError::internal)?,
+        });
+    }
+    Ok(rows)
+}
+
+fn clone_generation(shared: &Generation) -> Generation {
+    Generation {
+        traces: shared.traces.clone(),
+        spans: shared.spans.clone(),
+        spans_by_trace: shared.spans_by_trace.clone(),
+        bytes: shared.bytes,
+        writes: shared.writes,
+    }
+}
+
+/// Merges `newer` into `older`, object by object.
+fn merge_generation(older: &mut Generation, newer: Generation) {
+    for (key, state) in newer.traces {
+        let mut slot = older.traces.remove(&key);
+        merge_into(&mut slot, &state);
+        older.traces.extend(slot.map(|s| (key, s)));
+    }
+    for (key, state) in newer.spans {
+        let mut slot = older.spans.remove(&key);
+        merge_into(&mut slot, &state);
+        older.spans.extend(slot.map(|s| (key, s)));
+    }
+    for (key, ids) in newer.spans_by_trace {
+        older.spans_by_trace.entry(key).or_default().extend(ids);
+    }
+    older.bytes += newer.bytes;
+    older.writes += newer.writes;
+}

@@ -1,0 +1,308 @@
+//! Parquet segments: the flushed, immutable part of the embedded event store.
+//!
+//! A segment file `segment-<first>-<last>.parquet` (zero-padded flush numbers)
+//! holds the partial states of the objects written during flushes `first`
+//! through `last`. A flush writes `first == last`; compaction merges a run of
+//! segments into one that covers their whole range, and a segment whose range
+//! lies inside another's is obsolete (left over by a crash during compaction)
+//! and is deleted at start-up.
+//!
+//! Columns: `organization_id`, `kind` (`trace` or `span`), `id`, `trace_id`
+//! (the span's trace, or the trace's own id), `seq` (newest log sequence
+//! number merged in) and `state` (the [`Layered`](super::model::Layered)
+//! partial state as JSON). Rows are sorted by organization, trace and id so
+//! that row-group statistics prune reads of one trace.
+//!
+//! The footer's key-value metadata records `bedrock.applied_through` and
+//! `bedrock.applied_extra`: the write-ahead log records whose effects the
+//! segment contains, so recovery replays only the rest.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::metadata::KeyValue;
+use datafusion::parquet::file::properties::WriterProperties;
+
+use super::bloom::Bloom;
+use crate::StoreError;
+
+pub const KIND_TRACE: &str = "trace";
+pub const KIND_SPAN: &str = "span";
+
+/// One row of a segment.
+#[derive(Debug, Clone)]
+pub struct SegmentRow {
+    pub organization_id: String,
+    pub kind: &'static str,
+    pub id: String,
+    pub trace_id: Option<String>,
+    pub seq: u64,
+    pub state: String,
+}
+
+/// Which log records a segment (and every segment before it) contains.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Every record with a sequence number up to this one.
+    pub through: u64,
+    /// Records above `through` that were applied out of order.
+    pub extra: Vec<u64>,
+}
+
+impl Applied {
+    pub fn contains(&self, lsn: u64) -> bool {
+        lsn <= self.through || self.extra.binary_search(&lsn).is_ok()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmentFile {
+    pub first: u64,
+    pub last: u64,
+    pub path: PathBuf,
+    pub applied: Applied,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Keys `[organization, kind, id]` of the rows.
+    pub ids: Bloom,
+    /// Keys `[organization, trace id]` of the rows.
+    pub traces: Bloom,
+}
+
+impl SegmentFile {
+    pub fn may_hold_object(&self, organization_id: &str, kind: &str, id: &str) -> bool {
+        self.ids.may_contain(&[organization_id, kind, id])
+    }
+
+    pub fn may_hold_trace(&self, organization_id: &str, trace_id: &str) -> bool {
+        self.traces.may_contain(&[organization_id, trace_id])
+    }
+}
+
+fn blooms<'a>(keys: impl Iterator<Item = (&'a str, &'a str, &'a str, Option<&'a str>)> + Clone) -> (Bloom, Bloom) {
+    let count = keys.clone().count();
+    let mut ids = Bloom::with_capacity(count);
+    let mut traces = Bloom::with_capacity(count);
+    for (organization, kind, id, trace) in keys {
+        ids.insert(&[organization, kind, id]);
+        if let Some(trace) = trace {
+            traces.insert(&[organization, trace]);
+        }
+    }
+    (ids, traces)
+}
+
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("organization_id", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("trace_id", DataType::Utf8, true),
+        Field::new("seq", DataType::UInt64, false),
+        Field::new("state", DataType::Utf8, false),
+    ]))
+}
+
+pub fn file_name(first: u64, last: u64) -> String {
+    format!("segment-{first:020}-{last:020}.parquet")
+}
+
+fn parse_file_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_prefix("segment-")?.strip_suffix(".parquet")?;
+    let (first, last) = stem.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// Writes rows (sorted here) to a new segment, atomically: a temporary file
+/// is written and synced, then renamed, then the directory is synced.
+pub fn write_segment(
+    dir: &Path,
+    first: u64,
+    last: u64,
+    mut rows: Vec<SegmentRow>,
+    applied: &Applied,
+) -> Result<SegmentFile, StoreError> {
+    rows.sort_by(|a, b| {
+        (a.organization_id.as_str(), a.trace_id.as_deref(), a.kind, a.id.as_str())
+            .cmp(&(b.organization_id.as_str(), b.trace_id.as_deref(), b.kind, b.id.as_str()))
+    });
+    let batch = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.organization_id.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.trace_id.as_deref()))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seq))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()))),
+        ],
+    )
+    .map_err(StoreError::internal)?;
+
+    let extra = serde_json::to_string(&applied.extra).map_err(StoreError::internal)?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(StoreError::internal)?))
+        .set_max_row_group_row_count(Some(64 * 1024))
+        .set_bloom_filter_enabled(true)
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new("bedrock.applied_through".into(), applied.through.to_string()),
+            KeyValue::new("bedrock.applied_extra".into(), extra),
+        ]))
+        .build();
+
+    let path = dir.join(file_name(first, last));
+    let temporary = dir.join(format!("{}.tmp", file_name(first, last)));
+    let file = File::create(&temporary).map_err(StoreError::internal)?;
+    let mut writer = ArrowWriter::try_new(file, schema(), Some(properties)).map_err(StoreError::internal)?;
+    writer.write(&batch).map_err(StoreError::internal)?;
+    let file = writer.into_inner().map_err(StoreError::internal)?;
+    file.sync_all().map_err(StoreError::internal)?;
+    let bytes = file.metadata().map_err(StoreError::internal)?.len();
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(StoreError::internal)?;
+    sync_dir(dir)?;
+    let (ids, traces) = blooms(rows.iter().map(|r| (r.organization_id.as_str(), r.kind, r.id.as_str(), r.trace_id.as_deref())));
+    Ok(SegmentFile { first, last, path, applied: applied.clone(), rows: rows.len() as u64, bytes, ids, traces })
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::internal)
+}
+
+/// Lists the live segments in order, deleting temporary files and segments
+/// made obsolete by a compaction that finished writing.
+pub fn load_segments(dir: &Path) -> Result<Vec<SegmentFile>, StoreError> {
+    std::fs::create_dir_all(dir).map_err(StoreError::internal)?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(StoreError::internal)? {
+        let entry = entry.map_err(StoreError::internal)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".tmp") {
+            tracing::info!(file = %name, "removing unfinished segment file");
+            std::fs::remove_file(entry.path()).map_err(StoreError::internal)?;
+            continue;
+        }
+        if let Some((first, last)) = parse_file_name(&name) {
+            found.push((first, last, entry.path()));
+        }
+    }
+    // Widest ranges first, so a compacted segment hides what it replaced.
+    found.sort_by_key(|(first, last, _)| (*first, std::cmp::Reverse(*last)));
+    let mut live: Vec<SegmentFile> = Vec::new();
+    for (first, last, path) in found {
+        if let Some(previous) = live.last() {
+            if last <= previous.last {
+                tracing::info!(file = %path.display(), "removing segment replaced by compaction");
+                std::fs::remove_file(&path).map_err(StoreError::internal)?;
+                continue;
+            }
+        }
+        let (applied, rows, bytes) = read_footer(&path)?;
+        let keys = read_keys(&path)?;
+        let (ids, traces) = blooms(keys.iter().map(|(o, k, i, t)| (o.as_str(), *k, i.as_str(), t.as_deref())));
+        live.push(SegmentFile { first, last, path, applied, rows, bytes, ids, traces });
+    }
+    Ok(live)
+}
+
+fn read_footer(path: &Path) -> Result<(Applied, u64, u64), StoreError> {
+    let file = File::open(path).map_err(StoreError::internal)?;
+    let bytes = file.metadata().map_err(StoreError::internal)?.len();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
+    let metadata = builder.metadata().file_metadata();
+    let mut applied = Applied::default();
+    for pair in metadata.key_value_metadata().into_iter().flatten() {
+        match (pair.key.as_str(), pair.value.as_deref()) {
+            ("bedrock.applied_through", Some(value)) => applied.through = value.parse().unwrap_or(0),
+            ("bedrock.applied_extra", Some(value)) => applied.extra = serde_json::from_str(value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    Ok((applied, metadata.num_rows() as u64, bytes))
+}
+
+type Keys = Vec<(String, &'static str, String, Option<String>)>;
+
+/// Reads the key columns of a segment (not the states), to rebuild its Bloom filters.
+fn read_keys(path: &Path) -> Result<Keys, StoreError> {
+    let file = File::open(path).map_err(StoreError::internal)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
+    // Columns 0..=3 are organization_id, kind, id and trace_id.
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3]);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()
+        .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
+    let mut keys = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(StoreError::internal)?;
+        let organization = string_column(&batch, "organization_id")?;
+        let kind = string_column(&batch, "kind")?;
+        let id = string_column(&batch, "id")?;
+        let trace = string_column(&batch, "trace_id")?;
+        for i in 0..batch.num_rows() {
+            keys.push((
+                organization.value(i).to_string(),
+                if kind.value(i) == KIND_TRACE { KIND_TRACE } else { KIND_SPAN },
+                id.value(i).to_string(),
+                (!trace.is_null(i)).then(|| trace.value(i).to_string()),
+            ));
+        }
+    }
+    Ok(keys)
+}
+
+/// Reads every row of a segment; used by compaction and full scans.
+pub fn read_rows(path: &Path) -> Result<Vec<SegmentRow>, StoreError> {
+    let file = File::open(path).map_err(StoreError::internal)?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.with_batch_size(8192).build())
+        .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(StoreError::internal)?;
+        rows.extend(rows_of_batch(&batch)?);
+    }
+    Ok(rows)
+}
+
+fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, StoreError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| StoreError::Internal(format!("segment column {name} is missing or not text")))
+}
+
+/// Converts a batch with the segment schema back into rows.
+pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<SegmentRow>, StoreError> {
+    let organization = string_column(batch, "organization_id")?;
+    let kind = string_column(batch, "kind")?;
+    let id = string_column(batch, "id")?;
+    let trace = string_column(batch, "trace_id")?;
+    let state = string_column(batch, "state")?;
+    let seq = batch
+        .column_by_name("seq")
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .ok_or_else(|| StoreError::Internal("segment column seq is missing".into()))?;
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        rows.push(SegmentRow {
+            organization_id: organization.value(i).to_string(),
+            kind: if kind.value(i) == KIND_TRACE { KIND_TRACE } else { KIND_SPAN },
+            id: id.value(i).to_string(),
+            trace_id: (!trace.is_null(i)).then(|| trace.value(i).to_string()),
+            seq: seq.value(i),
+            state: state.value(i).to_string(),
+        });
+    }
+    Ok(rows)
+}
