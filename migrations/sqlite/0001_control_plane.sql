@@ -18,7 +18,7 @@ CREATE TABLE users (
     name TEXT NOT NULL,
     password_hash TEXT NOT NULL,
     role TEXT NOT NULL,
-    is_admin BOOLEAN NOT NULL,
+    is_admin BIGINT NOT NULL, -- 0 or 1: sqlx's Any driver cannot decode SQLite booleans
     created_at BIGINT NOT NULL
 );
 CREATE INDEX users_organization ON users (organization_id);

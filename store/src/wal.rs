@@ -63,6 +63,9 @@ use tracing::{debug, error, info, warn};
 /// write that failed and was cut off the file.
 pub type Lsn = u64;
 
+/// Records that [`Wal::open`] returns for replay, in LSN order.
+pub type ReplayRecords = Vec<(Lsn, Vec<u8>)>;
+
 /// Bytes of the header written in front of every payload.
 pub const RECORD_HEADER_BYTES: u64 = 16;
 
@@ -642,10 +645,9 @@ fn write_group(shared: &Shared, log: &mut LogFiles, group: &[Pending]) -> Result
     }
 
     let mut buffer = Vec::with_capacity(usize::try_from(group_bytes).unwrap_or(0));
-    let mut lsn = first_lsn;
-    for payload in group.iter().flat_map(|p| p.records.iter()) {
+    let payloads = group.iter().flat_map(|p| p.records.iter());
+    for (lsn, payload) in (first_lsn..).zip(payloads) {
         encode_record(&mut buffer, lsn, payload);
-        lsn += 1;
     }
 
     let (Some(file), Some(segment)) = (log.active.as_mut(), log.segments.back_mut()) else {
@@ -772,7 +774,7 @@ impl Wal {
     /// Returns the log together with every record still in it, in LSN order, for replay.
     /// Truncates a torn tail of the last segment (see the module documentation). Blocks on
     /// disk I/O, so async callers should run it in `spawn_blocking` or before serving.
-    pub fn open(cfg: WalConfig) -> Result<(Wal, Vec<(Lsn, Vec<u8>)>), WalError> {
+    pub fn open(cfg: WalConfig) -> Result<(Wal, ReplayRecords), WalError> {
         let dir = cfg.dir.clone();
         let dir_existed = dir.is_dir();
         fs::create_dir_all(&dir).map_err(|e| io_error("create directory", &dir, e))?;

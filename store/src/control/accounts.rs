@@ -47,7 +47,7 @@ pub(super) fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
         name: row.try_get("name")?,
         password_hash: row.try_get("password_hash")?,
         role: row.try_get("role")?,
-        is_admin: row.try_get("is_admin")?,
+        is_admin: row.try_get::<i64, _>("is_admin")? != 0,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -94,7 +94,7 @@ impl ControlPlane {
     /// Sets or clears the site-wide administrator flag of a user.
     pub async fn set_admin(&self, email: &str, is_admin: bool) -> Result<(), StoreError> {
         let done = sqlx::query("UPDATE users SET is_admin = $1 WHERE email = $2")
-            .bind(is_admin)
+            .bind(i64::from(is_admin))
             .bind(email)
             .execute(self.pool())
             .await?;
@@ -268,7 +268,7 @@ pub(super) async fn insert_user(
     .bind(&user.name)
     .bind(&user.password_hash)
     .bind(&user.role)
-    .bind(false)
+    .bind(0i64)
     .bind(now)
     .execute(&mut **tx)
     .await

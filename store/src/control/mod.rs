@@ -3,7 +3,8 @@
 //! One set of SQL statements serves SQLite (the embedded default) and Postgres
 //! through sqlx's `Any` driver. Placeholders are `$1, $2, ...`, which both
 //! backends accept, times are integer microseconds since the Unix epoch, and
-//! booleans are declared `BOOLEAN` on both. Every statement binds its values;
+//! booleans are `BIGINT` 0 or 1, because the `Any` driver cannot decode
+//! SQLite's booleans. Every statement binds its values;
 //! no SQL text is ever built from input.
 
 mod accounts;

@@ -158,7 +158,9 @@ impl EventStore {
         let tracker_through = tracker.through;
         tracker.pending.retain(|lsn| *lsn > tracker_through);
         tracing::info!(segments = segments.len(), applied_through = tracker.through, "event store opened");
-        let config = SessionConfig::new().with_target_partitions(2);
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        // Read text columns as plain Utf8, the type the segment writer uses.
+        config.options_mut().execution.parquet.schema_force_view_types = false;
         Ok(EventStore {
             dir: segments_dir,
             inner: Mutex::new(Inner {
