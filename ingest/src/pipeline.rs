@@ -141,8 +141,12 @@ impl Ingestor {
     pub async fn flush_once(&self) -> bool {
         match self.store.flush().await {
             Ok(Some(through)) => {
-                if let Err(err) = self.wal.truncate_through(through) {
-                    tracing::warn!(error = %err, through, "could not truncate the write-ahead log");
+                // Truncation deletes files and syncs the directory: keep it off the async workers.
+                let wal = self.wal.clone();
+                match tokio::task::spawn_blocking(move || wal.truncate_through(through)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(error = %err, through, "could not truncate the write-ahead log"),
+                    Err(err) => tracing::warn!(error = %err, through, "write-ahead log truncation task failed"),
                 }
                 true
             }
@@ -158,7 +162,10 @@ impl Ingestor {
     pub async fn shutdown(&self) {
         let _ = self.stopping.send(true);
         self.flush_once().await;
-        self.wal.close();
+        let wal = self.wal.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || wal.close()).await {
+            tracing::warn!(error = %err, "closing the write-ahead log failed");
+        }
         tracing::info!("ingest stopped");
     }
 }

@@ -1597,6 +1597,12 @@ mod tests {
     }
 
     #[test]
+    fn wal_handle_is_send_sync_clone() {
+        fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+        assert_shareable::<Wal>();
+    }
+
+    #[test]
     fn segment_names_parse_only_twenty_digits() {
         assert_eq!(parse_segment_name("00000000000000000001.wal"), Some(1));
         assert_eq!(parse_segment_name("18446744073709551615.wal"), Some(u64::MAX));

@@ -30,6 +30,9 @@ use crate::StoreError;
 
 type Key = (String, String);
 
+/// The most rows one compaction merges in memory.
+pub const MAX_COMPACTION_ROWS: u64 = 2_000_000;
+
 /// Objects written since the last flush.
 #[derive(Default)]
 struct Generation {
@@ -274,15 +277,37 @@ impl EventStore {
         }
     }
 
-    /// Merges all segments into one when there are at least `min_segments`.
+    /// Merges the newest run of similar-sized segments once it has
+    /// `min_segments` members (size-tiered compaction). Segments are sized in
+    /// tiers of powers of `min_segments`, so every row is rewritten about
+    /// once per tier rather than at every compaction, and the number of
+    /// segments stays logarithmic in the data. Runs above
+    /// [`MAX_COMPACTION_ROWS`] are left alone to bound compaction's memory.
     pub async fn compact(&self, min_segments: usize) -> Result<bool, StoreError> {
         let _maintenance = self.maintenance.lock().await;
-        let victims: Vec<SegmentFile> = {
+        let min_segments = min_segments.max(2);
+        let (start, victims): (usize, Vec<SegmentFile>) = {
             let inner = self.lock();
-            if inner.segments.len() < min_segments.max(2) {
+            let tier = |rows: u64| -> u32 {
+                let mut tier = 0;
+                let mut bound = 10_000u64;
+                while rows > bound {
+                    tier += 1;
+                    bound = bound.saturating_mul(min_segments as u64);
+                }
+                tier
+            };
+            let Some(newest) = inner.segments.last() else {
+                return Ok(false);
+            };
+            let newest_tier = tier(newest.rows);
+            let run = inner.segments.iter().rev().take_while(|s| tier(s.rows) == newest_tier).count();
+            let start = inner.segments.len() - run;
+            let rows: u64 = inner.segments[start..].iter().map(|s| s.rows).sum();
+            if run < min_segments || rows > MAX_COMPACTION_ROWS {
                 return Ok(false);
             }
-            inner.segments.clone()
+            (start, inner.segments[start..].to_vec())
         };
         let first = victims.first().map_or(0, |s| s.first);
         let last = victims.last().map_or(0, |s| s.last);
@@ -315,7 +340,7 @@ impl EventStore {
         {
             let mut inner = self.lock();
             let replaced = victims.len();
-            inner.segments.splice(0..replaced, [file.clone()]);
+            inner.segments.splice(start..start + replaced, [file.clone()]);
         }
         for victim in &victims {
             if let Err(err) = std::fs::remove_file(&victim.path) {

@@ -1,0 +1,208 @@
+//! The server as a whole: health checks, routing conventions, the OpenAPI
+//! document and its pages, JSON logs without secrets, and graceful shutdown.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn health_and_routing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, body) = server.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    let (status, body) = server.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["control_plane"], "ok");
+
+    let (status, body) = server.call(Method::GET, "/api/nothing-here/", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["detail"], "Not found.");
+    let (status, body) = server.call(Method::DELETE, "/api/organizations/auth/login/", None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["detail"].is_string());
+
+    // A path without its trailing slash reaches the same handler.
+    let (token, _) = server.sign_up("slash@example.com").await;
+    let (status, me) = server.get("/api/organizations/auth/me", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["user"]["email"], "slash@example.com");
+}
+
+async fn openapi_covers_every_route(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, schema) = server.call(Method::GET, "/api/schema/", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(schema["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = schema["paths"].as_object().unwrap();
+    let expected: &[(&str, &[&str])] = &[
+        ("/api/organizations/auth/signup/", &["post"]),
+        ("/api/organizations/auth/login/", &["post"]),
+        ("/api/organizations/auth/me/", &["get"]),
+        ("/api/organizations/auth/logout/", &["post"]),
+        ("/api/organizations/organizations/", &["get"]),
+        ("/api/organizations/organizations/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/organizations/api-keys/", &["get", "post"]),
+        ("/api/organizations/api-keys/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/organizations/members/", &["get"]),
+        ("/api/organizations/members/{user_id}/", &["get", "delete"]),
+        ("/api/organizations/invites/", &["get", "post"]),
+        ("/api/organizations/invites/{id}/", &["delete"]),
+        ("/api/organizations/invites/{id}/accept/", &["post"]),
+        ("/api/tracing/traces/", &["get", "post"]),
+        ("/api/tracing/traces/{trace_id}/", &["get", "patch"]),
+        ("/api/tracing/traces/{trace_id}/end/", &["post"]),
+        ("/api/tracing/spans/", &["get", "post"]),
+        ("/api/tracing/spans/{span_id}/", &["get", "patch"]),
+        ("/api/tracing/spans/{span_id}/end/", &["post"]),
+        ("/api/tracing/spans/{span_id}/flag/", &["post"]),
+        ("/api/tracing/spans/{span_id}/unflag/", &["post"]),
+    ];
+    for (path, methods) in expected {
+        let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
+        for method in *methods {
+            assert!(item.get(*method).is_some(), "{method} {path} missing from the OpenAPI document");
+        }
+    }
+    assert_eq!(paths.len(), expected.len(), "undocumented or unexpected paths: {:?}", paths.keys().collect::<Vec<_>>());
+
+    // The documentation pages and their assets come from the server itself.
+    for (page, asset) in [
+        ("/api/docs/", "/api/docs/assets/swagger-ui-bundle.js"),
+        ("/api/docs/", "/api/docs/assets/swagger-ui.css"),
+        ("/api/redoc/", "/api/redoc/assets/redoc.standalone.js"),
+    ] {
+        let html = server.client.get(format!("{}{page}", server.base)).send().await.unwrap();
+        assert_eq!(html.status(), StatusCode::OK);
+        assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let html = html.text().await.unwrap();
+        assert!(html.contains(asset), "{page} must load {asset}");
+        assert!(!html.contains("https://"), "{page} must not load anything from the internet");
+        let response = server.client.get(format!("{}{asset}", server.base)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        assert!(response.bytes().await.unwrap().len() > 10_000, "{asset} is served whole");
+    }
+}
+
+on_both_backends!(health_and_routing, openapi_covers_every_route);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            if response.status() == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server at {base} did not become ready within 60 s");
+}
+
+/// Runs the binary with debug JSON logs, exercises every kind of secret, stops
+/// it with SIGTERM, and checks the logs and responses for the secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_responses_or_logs_and_sigterm_stops_cleanly() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bedrock"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json", "--log", "debug"])
+        .arg("--data-dir")
+        .arg(temp.path())
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+
+    let password = "PASSWORD-sentinel-8812";
+    let provider_key = "sk-PROVIDER-sentinel-4471";
+    let mut responses = String::new();
+    let signup: Value = client
+        .post(format!("{base}/api/organizations/auth/signup/"))
+        .json(&json!({"email": "logs@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["token"].as_str().unwrap().to_string();
+    let org = signup["organization"]["id"].as_str().unwrap().to_string();
+    let key_response: Value = client
+        .post(format!("{base}/api/organizations/api-keys/"))
+        .header("Authorization", format!("Token {token}"))
+        .json(&json!({"name": "k"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_key = key_response["key"].as_str().unwrap().to_string();
+    for (method, path, body) in [
+        (Method::PATCH, format!("/api/organizations/organizations/{org}/"), json!({"openai_api_key": provider_key})),
+        (Method::GET, format!("/api/organizations/organizations/{org}/"), Value::Null),
+        (Method::GET, "/api/organizations/api-keys/".to_string(), Value::Null),
+        (Method::GET, "/api/organizations/auth/me/".to_string(), Value::Null),
+        (Method::POST, "/api/tracing/traces/".to_string(), json!({"id": "t1", "name": "run"})),
+    ] {
+        let mut request = client.request(method, format!("{base}{path}")).header("Authorization", format!("Bearer {api_key}"));
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        responses.push_str(&request.send().await.unwrap().text().await.unwrap());
+    }
+    let login = client
+        .post(format!("{base}/api/organizations/auth/login/"))
+        .json(&json!({"email": "logs@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    responses.push_str(&login.text().await.unwrap());
+
+    // SIGTERM: the server drains, flushes and exits 0.
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "server did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "server exited with {exit}");
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+
+    assert!(logs.contains("\"shutdown signal received\""), "logs are JSON lines: {logs}");
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(serde_json::from_str::<Value>(line).is_ok(), "not a JSON log line: {line}");
+    }
+    for secret in [password, provider_key, api_key.as_str(), token.as_str()] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+    for secret in [password, provider_key] {
+        assert!(!responses.contains(secret), "a secret reached a response");
+    }
+    assert!(!responses.contains(&api_key), "the API key secret is shown only at creation");
+
+    // The graceful stop flushed the buffer: a segment exists.
+    let segments = std::fs::read_dir(temp.path().join("events/segments")).unwrap().count();
+    assert_eq!(segments, 1, "the buffered trace was flushed at shutdown");
+}
