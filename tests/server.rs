@@ -206,3 +206,44 @@ async fn secrets_never_reach_responses_or_logs_and_sigterm_stops_cleanly() {
     let segments = std::fs::read_dir(temp.path().join("events/segments")).unwrap().count();
     assert_eq!(segments, 1, "the buffered trace was flushed at shutdown");
 }
+
+#[test]
+fn migrate_command_creates_the_control_plane() {
+    let temp = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_bedrock"))
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(temp.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(temp.path().join("control.db").exists());
+    // Running it again finds nothing to apply and still succeeds.
+    let second = run();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+}
+
+#[test]
+fn help_documents_every_setting_with_its_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bedrock")).args(["serve", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for (flag, variable) in [
+        ("--listen", "BEDROCK_LISTEN"),
+        ("--data-dir", "BEDROCK_DATA_DIR"),
+        ("--database-url", "DATABASE_URL"),
+        ("--log-format", "BEDROCK_LOG_FORMAT"),
+        ("--max-body-bytes", "BEDROCK_MAX_BODY_BYTES"),
+        ("--max-text-field-bytes", "BEDROCK_MAX_TEXT_FIELD_BYTES"),
+        ("--wal-max-bytes", "BEDROCK_WAL_MAX_BYTES"),
+        ("--buffer-max-bytes", "BEDROCK_BUFFER_MAX_BYTES"),
+        ("--flush-interval-ms", "BEDROCK_FLUSH_INTERVAL_MS"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(help.contains(variable), "{variable} missing from --help");
+    }
+}

@@ -117,7 +117,12 @@ impl Ingestor {
         let outcome = task.await.map_err(|err| IngestError::Log(err.to_string()))?;
         match outcome {
             Ok(_) => {
-                if self.store.stats().buffer_writes >= self.config.flush_events {
+                let stats = self.store.stats();
+                // Flush early by size too, so a flush never has to write (and hold
+                // twice) more than a quarter of the buffer bound.
+                if stats.buffer_writes >= self.config.flush_events
+                    || stats.buffer_bytes >= self.config.buffer_max_bytes / 4
+                {
                     self.wake_flusher.notify_one();
                 }
                 Ok(())

@@ -2,23 +2,28 @@
 //! lists of `/traces/` and `/spans/`.
 //!
 //! NOTE: the lists merge every object of the organization on each call, which
-//! is linear in the organization's data; fine for the embedded deployment's
-//! sizes, and the filtered `/traces/list/` query is where indexed scans belong.
+//! is linear in the organization's data.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bedrock_store::events::model::SpanFields;
 use bedrock_store::events::EventStore;
 use bedrock_store::StoreError;
+use datafusion::arrow::array::StringArray;
+use datafusion::prelude::{col, SessionContext};
 use serde_json::Value;
 
+use crate::table::TracesTable;
 use crate::views::{SpanView, TraceView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("query failed: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("query failed: {0}")]
+    Internal(String),
 }
 
 /// One page of a list with the number of rows behind it.
@@ -105,26 +110,32 @@ impl TraceQueries {
         Ok(ListPage { count, results })
     }
 
-    /// Traces newest first.
+    /// Traces newest first, read through the DataFusion `traces` table.
     pub async fn list_traces(&self, organization_id: &str, offset: usize, limit: usize) -> Result<ListPage, QueryError> {
-        let (traces, spans) = self.store.all(organization_id).await?;
-        let mut by_trace: HashMap<String, Vec<SpanFields>> = HashMap::new();
-        for state in spans.values() {
-            let fields = state.resolve();
-            if let Some(trace_id) = &fields.trace_id {
-                by_trace.entry(trace_id.clone()).or_default().push(fields);
+        let context = SessionContext::new();
+        let table = context.read_table(Arc::new(TracesTable::new(self.store.clone(), organization_id)))?;
+        let count = table.clone().count().await?;
+        let page = table
+            .sort(vec![
+                col("started_at").sort(false, false),
+                col("first_seen").sort(false, false),
+                col("id").sort(false, false),
+            ])?
+            .limit(offset, Some(limit))?
+            .select_columns(&["view"])?
+            .collect()
+            .await?;
+        let mut results = Vec::with_capacity(limit.min(count));
+        for batch in &page {
+            let views = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| QueryError::Internal("the view column is not text".into()))?;
+            for view in views.iter().flatten() {
+                results.push(serde_json::from_str(view).map_err(|err| QueryError::Internal(err.to_string()))?);
             }
         }
-        let empty = Vec::new();
-        let mut views: Vec<TraceView> = traces
-            .iter()
-            .map(|(id, state)| TraceView::new(id, state, by_trace.get(id).unwrap_or(&empty).iter()))
-            .collect();
-        views.sort_by(|a, b| {
-            (b.fields.started_at, b.first_seen, &b.id).cmp(&(a.fields.started_at, a.first_seen, &a.id))
-        });
-        let count = views.len();
-        let results = views.iter().skip(offset).take(limit).map(TraceView::to_json).collect();
         Ok(ListPage { count, results })
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Writes go through the durable ingest pipeline: a 201 or 200 means the
 //! write is in the fsynced log and visible to reads. Creates are upserts on
-//! the client's id; updates never fail for ordering (a close may arrive
-//! before its open), so an update of an unknown id stores a partial object.
+//! the client's id. Updates never fail for ordering, because a close may
+//! arrive before its open, so an update of an unknown id stores a partial
+//! object.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -63,6 +64,7 @@ impl From<QueryError> for ApiError {
     fn from(err: QueryError) -> Self {
         match err {
             QueryError::Store(store) => store.into(),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }

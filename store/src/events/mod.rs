@@ -30,8 +30,18 @@ use crate::StoreError;
 
 type Key = (String, String);
 
-/// The most rows one compaction merges in memory.
-pub const MAX_COMPACTION_ROWS: u64 = 2_000_000;
+/// Maximum rows that one compaction merges; larger runs stay as they are.
+pub const MAX_COMPACTION_ROWS: u64 = 5_000_000;
+
+/// Rows that compaction holds in memory at once, roughly.
+const COMPACTION_PARTITION_ROWS: u64 = 20_000;
+
+fn partition_of(row: &SegmentRow, partitions: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (row.organization_id.as_str(), row.kind, row.id.as_str()).hash(&mut hasher);
+    hasher.finish() % partitions
+}
 
 /// Objects written since the last flush.
 #[derive(Default)]
@@ -183,8 +193,8 @@ impl EventStore {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether the segments already contain the effects of log record `lsn`;
-    /// recovery skips such records.
+    /// Reports whether the segments already contain log record `lsn`, which
+    /// recovery then skips.
     pub fn contains(&self, lsn: u64) -> bool {
         let inner = self.lock();
         lsn <= inner.tracker.through || inner.tracker.pending.contains(&lsn)
@@ -314,24 +324,37 @@ impl EventStore {
         let mut applied = victims.last().map(|s| s.applied.clone()).unwrap_or_default();
         let dir = self.dir.clone();
         let paths: Vec<PathBuf> = victims.iter().map(|s| s.path.clone()).collect();
+        let expected_rows: u64 = victims.iter().map(|s| s.rows).sum();
         let file = tokio::task::spawn_blocking(move || {
-            let mut merged: HashMap<(String, &'static str, String), SegmentRow> = HashMap::new();
-            let mut order = Vec::new();
-            for path in &paths {
-                for row in segment::read_rows(path)? {
-                    let key = (row.organization_id.clone(), row.kind, row.id.clone());
-                    match merged.get_mut(&key) {
-                        Some(existing) => merge_rows(existing, row)?,
-                        None => {
-                            order.push(key.clone());
-                            merged.insert(key, row);
-                        }
-                    }
-                }
-            }
-            let rows: Vec<SegmentRow> = order.into_iter().filter_map(|key| merged.remove(&key)).collect();
+            // Objects are split into partitions by a hash of their key, and each
+            // partition is merged and written on its own, so at most about
+            // COMPACTION_PARTITION_ROWS rows are held at once. Each partition
+            // reads the victims again: I/O is traded for bounded memory.
+            let partitions = expected_rows.div_ceil(COMPACTION_PARTITION_ROWS).max(1);
             applied.extra.retain(|lsn| *lsn > applied.through);
-            segment::write_segment(&dir, first, last, rows, &applied)
+            let mut writer = segment::SegmentWriter::create(&dir, first, last, &applied, expected_rows as usize)?;
+            for partition in 0..partitions {
+                let mut merged: HashMap<(String, &'static str, String), SegmentRow> = HashMap::new();
+                for path in &paths {
+                    segment::for_each_batch(path, |rows| {
+                        for row in rows {
+                            if partitions > 1 && partition_of(&row, partitions) != partition {
+                                continue;
+                            }
+                            let key = (row.organization_id.clone(), row.kind, row.id.clone());
+                            match merged.get_mut(&key) {
+                                Some(existing) => merge_rows(existing, row)?,
+                                None => {
+                                    merged.insert(key, row);
+                                }
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+                writer.write(merged.into_values().collect())?;
+            }
+            writer.finish()
         })
         .await
         .map_err(StoreError::internal)??;
@@ -352,7 +375,7 @@ impl EventStore {
         Ok(true)
     }
 
-    /// The merged state of one trace.
+    /// Returns the merged state of one trace.
     pub async fn trace(&self, organization_id: &str, id: &str) -> Result<Option<TraceState>, StoreError> {
         let filter = col("organization_id")
             .eq(lit(organization_id))
@@ -369,7 +392,7 @@ impl EventStore {
         Ok(state)
     }
 
-    /// The merged state of one span.
+    /// Returns the merged state of one span.
     pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<SpanState>, StoreError> {
         let filter = col("organization_id")
             .eq(lit(organization_id))
@@ -386,7 +409,7 @@ impl EventStore {
         Ok(state)
     }
 
-    /// The merged states of every span that belongs to a trace, by span id.
+    /// Returns the merged states of the spans of a trace, by span id.
     pub async fn spans_of_trace(
         &self,
         organization_id: &str,
@@ -438,7 +461,7 @@ impl EventStore {
         Ok(states)
     }
 
-    /// Every trace and span of an organization, merged.
+    /// Returns every trace and span of an organization, merged.
     pub async fn all(
         &self,
         organization_id: &str,

@@ -125,50 +125,123 @@ pub fn write_segment(
     dir: &Path,
     first: u64,
     last: u64,
-    mut rows: Vec<SegmentRow>,
+    rows: Vec<SegmentRow>,
     applied: &Applied,
 ) -> Result<SegmentFile, StoreError> {
-    rows.sort_by(|a, b| {
-        (a.organization_id.as_str(), a.trace_id.as_deref(), a.kind, a.id.as_str())
-            .cmp(&(b.organization_id.as_str(), b.trace_id.as_deref(), b.kind, b.id.as_str()))
-    });
-    let batch = RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.organization_id.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()))),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.trace_id.as_deref()))),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seq))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()))),
-        ],
-    )
-    .map_err(StoreError::internal)?;
+    let mut writer = SegmentWriter::create(dir, first, last, applied, rows.len())?;
+    writer.write(rows)?;
+    writer.finish()
+}
 
-    let extra = serde_json::to_string(&applied.extra).map_err(StoreError::internal)?;
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(StoreError::internal)?))
-        .set_max_row_group_row_count(Some(64 * 1024))
-        .set_bloom_filter_enabled(true)
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new("bedrock.applied_through".into(), applied.through.to_string()),
-            KeyValue::new("bedrock.applied_extra".into(), extra),
-        ]))
-        .build();
+/// Writes a segment in parts, so compaction never holds all of its rows.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    first: u64,
+    last: u64,
+    applied: Applied,
+    temporary: PathBuf,
+    writer: ArrowWriter<File>,
+    rows: u64,
+    ids: Bloom,
+    traces: Bloom,
+}
 
-    let path = dir.join(file_name(first, last));
-    let temporary = dir.join(format!("{}.tmp", file_name(first, last)));
-    let file = File::create(&temporary).map_err(StoreError::internal)?;
-    let mut writer = ArrowWriter::try_new(file, schema(), Some(properties)).map_err(StoreError::internal)?;
-    writer.write(&batch).map_err(StoreError::internal)?;
-    let file = writer.into_inner().map_err(StoreError::internal)?;
-    file.sync_all().map_err(StoreError::internal)?;
-    let bytes = file.metadata().map_err(StoreError::internal)?.len();
-    drop(file);
-    std::fs::rename(&temporary, &path).map_err(StoreError::internal)?;
-    sync_dir(dir)?;
-    let (ids, traces) = blooms(rows.iter().map(|r| (r.organization_id.as_str(), r.kind, r.id.as_str(), r.trace_id.as_deref())));
-    Ok(SegmentFile { first, last, path, applied: applied.clone(), rows: rows.len() as u64, bytes, ids, traces })
+impl SegmentWriter {
+    /// Starts a segment of about `expected_rows` rows (which sizes its Bloom filters).
+    pub fn create(dir: &Path, first: u64, last: u64, applied: &Applied, expected_rows: usize) -> Result<Self, StoreError> {
+        let extra = serde_json::to_string(&applied.extra).map_err(StoreError::internal)?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(StoreError::internal)?))
+            .set_max_row_group_row_count(Some(64 * 1024))
+            .set_bloom_filter_enabled(true)
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new("bedrock.applied_through".into(), applied.through.to_string()),
+                KeyValue::new("bedrock.applied_extra".into(), extra),
+            ]))
+            .build();
+        let temporary = dir.join(format!("{}.tmp", file_name(first, last)));
+        let file = File::create(&temporary).map_err(StoreError::internal)?;
+        let writer = ArrowWriter::try_new(file, schema(), Some(properties)).map_err(StoreError::internal)?;
+        Ok(SegmentWriter {
+            dir: dir.to_path_buf(),
+            first,
+            last,
+            applied: applied.clone(),
+            temporary,
+            writer,
+            rows: 0,
+            ids: Bloom::with_capacity(expected_rows),
+            traces: Bloom::with_capacity(expected_rows),
+        })
+    }
+
+    /// Appends rows, sorted here by organization, trace and id.
+    pub fn write(&mut self, mut rows: Vec<SegmentRow>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        rows.sort_by(|a, b| {
+            (a.organization_id.as_str(), a.trace_id.as_deref(), a.kind, a.id.as_str())
+                .cmp(&(b.organization_id.as_str(), b.trace_id.as_deref(), b.kind, b.id.as_str()))
+        });
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.organization_id.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()))),
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.trace_id.as_deref()))),
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seq))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()))),
+            ],
+        )
+        .map_err(StoreError::internal)?;
+        self.writer.write(&batch).map_err(StoreError::internal)?;
+        // Write row groups as they fill, so memory stays bounded by one group.
+        self.writer.flush().map_err(StoreError::internal)?;
+        for row in &rows {
+            self.ids.insert(&[row.organization_id.as_str(), row.kind, row.id.as_str()]);
+            if let Some(trace) = &row.trace_id {
+                self.traces.insert(&[row.organization_id.as_str(), trace.as_str()]);
+            }
+        }
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Completes the file: syncs it, renames it into place and syncs the directory.
+    pub fn finish(self) -> Result<SegmentFile, StoreError> {
+        let file = self.writer.into_inner().map_err(StoreError::internal)?;
+        file.sync_all().map_err(StoreError::internal)?;
+        let bytes = file.metadata().map_err(StoreError::internal)?.len();
+        drop(file);
+        let path = self.dir.join(file_name(self.first, self.last));
+        std::fs::rename(&self.temporary, &path).map_err(StoreError::internal)?;
+        sync_dir(&self.dir)?;
+        Ok(SegmentFile {
+            first: self.first,
+            last: self.last,
+            path,
+            applied: self.applied,
+            rows: self.rows,
+            bytes,
+            ids: self.ids,
+            traces: self.traces,
+        })
+    }
+}
+
+/// Calls `visit` with the rows of a segment, one batch at a time.
+pub fn for_each_batch(path: &Path, mut visit: impl FnMut(Vec<SegmentRow>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    let file = File::open(path).map_err(StoreError::internal)?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.with_batch_size(4096).build())
+        .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
+    for batch in reader {
+        let batch = batch.map_err(StoreError::internal)?;
+        visit(rows_of_batch(&batch)?)?;
+    }
+    Ok(())
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
