@@ -18,7 +18,23 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_binary(data_dir: &Path, database_url: Option<&str>, port: u16) -> Child {
+/// A server process that is killed when the test ends, even on a failed assertion.
+struct ServerProcess(Child);
+
+impl ServerProcess {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_binary(data_dir: &Path, database_url: Option<&str>, port: u16) -> ServerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bedrock"));
     command
         .arg("serve")
@@ -37,7 +53,7 @@ fn start_binary(data_dir: &Path, database_url: Option<&str>, port: u16) -> Child
     if let Some(url) = database_url {
         command.arg("--database-url").arg(url);
     }
-    command.spawn().expect("the bedrock binary starts")
+    ServerProcess(command.spawn().expect("the bedrock binary starts"))
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) {
@@ -132,8 +148,8 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
 
     // Let segments be flushed and compacted while writes continue, then kill.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    child.kill().expect("SIGKILL the server");
-    child.wait().unwrap();
+    // Child::kill sends SIGKILL.
+    child.kill();
     stop.store(true, Ordering::Relaxed);
     for handle in clients {
         handle.await.unwrap();
@@ -141,7 +157,7 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() > 100, "only {} writes were acknowledged before the kill", acknowledged.len());
 
-    let mut child = start_binary(temp.path(), database_url.as_deref(), port);
+    let _restarted = start_binary(temp.path(), database_url.as_deref(), port);
     wait_ready(&client, &base).await;
     let mut checked = 0;
     for (id, closed) in &acknowledged {
@@ -162,8 +178,6 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
         checked += 1;
     }
     assert_eq!(checked, acknowledged.len());
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 on_both_backends!(acknowledged_writes_survive_kill_9);
