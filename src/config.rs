@@ -79,7 +79,7 @@ pub struct ServeSettings {
     #[arg(long, env = "BEDROCK_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Maximum size of one text field of a trace or span (input, output, error, name), in bytes.
+    /// Maximum size of one text field of a trace or span (input, output, error, name) and of its metadata as JSON, in bytes.
     #[arg(long, env = "BEDROCK_MAX_TEXT_FIELD_BYTES", default_value_t = 1024 * 1024)]
     pub max_text_field_bytes: usize,
 

@@ -9,7 +9,10 @@ use common::{Backend, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
-const FIXTURE: &str = include_str!("../../shared/fixtures/harness-run.jsonl");
+/// Every request of one recorded session of the Python agent harness (method,
+/// path and body per line): an eval agent's run with llm and tool spans,
+/// three checkpoints, and a run killed mid-span.
+const FIXTURE: &str = include_str!("fixtures/harness-run.jsonl");
 
 fn fixture_requests() -> Vec<Value> {
     FIXTURE.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
