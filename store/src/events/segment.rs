@@ -28,6 +28,7 @@ use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
 
 use super::bloom::Bloom;
 use crate::StoreError;
@@ -151,9 +152,12 @@ impl SegmentWriter {
     pub fn create(dir: &Path, first: u64, last: u64, applied: &Applied, expected_rows: usize) -> Result<Self, StoreError> {
         let extra = serde_json::to_string(&applied.extra).map_err(StoreError::internal)?;
         let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(StoreError::internal)?))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(StoreError::internal)?))
             .set_max_row_group_row_count(Some(64 * 1024))
-            .set_bloom_filter_enabled(true)
+            // Bloom filters only where point reads filter: on the JSON states they
+            // would cost flush time and space and never prune anything.
+            .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
+            .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
             .set_key_value_metadata(Some(vec![
                 KeyValue::new("bedrock.applied_through".into(), applied.through.to_string()),
                 KeyValue::new("bedrock.applied_extra".into(), extra),
