@@ -148,6 +148,8 @@ pub fn router(state: AppState) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::api::organizations::router())
         .merge(crate::api::tracing::router())
+        .merge(crate::api::agents::router())
+        .merge(crate::api::toolbox::router())
         .split_for_parts();
     let openapi = Arc::new(openapi);
     let max_body = state.settings.max_body_bytes;

@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound,
     /// 404 with a specific message, such as DRF's "Invalid page."
     NotFoundDetail(String),
+    /// 404 for a field that refers to an object the caller cannot see, with
+    /// the same body shape as a validation error.
+    NotFoundFields(BTreeMap<String, Vec<String>>),
     /// 405 for a path that exists with another method.
     MethodNotAllowed,
     /// 409: the request conflicts with the current state.
@@ -45,6 +48,13 @@ impl ApiError {
 
     pub fn required(name: impl Into<String>) -> Self {
         Self::field(name, "This field is required.")
+    }
+
+    /// A 404 naming the field whose reference the caller cannot see.
+    pub fn unknown_reference(name: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut fields = BTreeMap::new();
+        fields.insert(name.into(), vec![message.into()]);
+        ApiError::NotFoundFields(fields)
     }
 
     pub fn forbidden() -> Self {
@@ -101,6 +111,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(detail) => (StatusCode::FORBIDDEN, json!({ "detail": detail })),
             ApiError::NotFound => (StatusCode::NOT_FOUND, json!({ "detail": "Not found." })),
             ApiError::NotFoundDetail(detail) => (StatusCode::NOT_FOUND, json!({ "detail": detail })),
+            ApiError::NotFoundFields(fields) => (StatusCode::NOT_FOUND, json!(fields)),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({ "detail": "Method not allowed on this path." }),

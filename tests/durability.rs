@@ -3,20 +3,15 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Backend;
 use reqwest::StatusCode;
 use serde_json::json;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A server process that is killed when the test ends, even on a failed assertion.
 struct ServerProcess(Child);
@@ -56,30 +51,17 @@ fn start_binary(data_dir: &Path, database_url: Option<&str>, port: u16) -> Serve
     ServerProcess(command.spawn().expect("the bedrock binary starts"))
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
-            if response.status() == StatusCode::OK {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("server at {base} did not become ready within 60 s");
-}
-
 async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     let temp = tempfile::tempdir().unwrap();
     let database_url = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(common::fresh_postgres_database().await),
     };
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut child = start_binary(temp.path(), database_url.as_deref(), port);
-    wait_ready(&client, &base).await;
+    common::wait_ready(&client, &base).await;
 
     let (_, session) = {
         let response = client
@@ -158,7 +140,7 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     assert!(acknowledged.len() > 100, "only {} writes were acknowledged before the kill", acknowledged.len());
 
     let _restarted = start_binary(temp.path(), database_url.as_deref(), port);
-    wait_ready(&client, &base).await;
+    common::wait_ready(&client, &base).await;
     let mut checked = 0;
     for (id, closed) in &acknowledged {
         let response = client

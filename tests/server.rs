@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -92,29 +91,12 @@ async fn openapi_covers_every_route(backend: Backend) {
 
 on_both_backends!(health_and_routing, openapi_covers_every_route);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
-            if response.status() == StatusCode::OK {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("server at {base} did not become ready within 60 s");
-}
-
 /// Runs the binary with debug JSON logs, exercises every kind of secret, stops
 /// it with SIGTERM, and checks the logs and responses for the secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_responses_or_logs_and_sigterm_stops_cleanly() {
     let temp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bedrock"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json", "--log", "debug"])
@@ -126,7 +108,7 @@ async fn secrets_never_reach_responses_or_logs_and_sigterm_stops_cleanly() {
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    wait_ready(&client, &base).await;
+    common::wait_ready(&client, &base).await;
 
     let password = "PASSWORD-sentinel-8812";
     let provider_key = "sk-PROVIDER-sentinel-4471";

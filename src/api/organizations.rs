@@ -159,7 +159,7 @@ fn invite_out(invite: &Invite, now: i64) -> InviteOut {
     }
 }
 
-fn to_json<T: Serialize>(value: T) -> Value {
+pub(crate) fn to_json<T: Serialize>(value: T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
@@ -212,7 +212,7 @@ fn check_password(errors: &mut FieldErrors, password: &str) {
     }
 }
 
-fn check_name(errors: &mut FieldErrors, field: &str, name: &str, required: bool) {
+pub(crate) fn check_name(errors: &mut FieldErrors, field: &str, name: &str, required: bool) {
     if required && name.trim().is_empty() {
         errors.add(field, "This field may not be blank.");
     }

@@ -4,8 +4,9 @@
 
 #![allow(dead_code)]
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bedrock::config::{EventSettings, LogFormat, ServeSettings, StorageSettings};
 use reqwest::{Method, StatusCode};
@@ -173,6 +174,14 @@ impl TestServer {
         self.call(Method::PATCH, path, Some(auth), Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, auth: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(auth), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, auth: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(auth), None).await
+    }
+
     /// Signs up a new organization; returns `Token <token>` and the response.
     pub async fn sign_up(&self, email: &str) -> (String, Value) {
         let (status, body) = self
@@ -225,4 +234,23 @@ macro_rules! on_both_backends {
             )+
         }
     };
+}
+
+/// A loopback port that was free a moment ago, for a server started as a separate process.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits up to 60 s for `/readyz` at `base` to return 200.
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            if response.status() == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server at {base} did not become ready within 60 s");
 }

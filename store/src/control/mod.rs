@@ -1,4 +1,5 @@
-//! The control plane: organizations, users, API keys, user tokens and invites.
+//! The control plane: organizations, users, API keys, user tokens, invites,
+//! and the agents with the templates and toolbox they boot from.
 //!
 //! One set of SQL statements serves SQLite (the embedded default) and Postgres
 //! through sqlx's `Any` driver. Placeholders are `$1, $2, ...`, which both
@@ -8,11 +9,16 @@
 //! no SQL text is ever built from input.
 
 mod accounts;
+mod agents;
 mod credentials;
 mod invites;
+mod sql;
+mod toolbox;
 
 pub use accounts::{NewOrganization, NewUser, OrganizationUpdate};
+pub use agents::{Agent, AgentFilter, Template, Transition, TransitionOutcome, TransitionRequest};
 pub use invites::InviteAcceptance;
+pub use toolbox::{Adapter, AdapterConfig, EnabledAdapter, Tool};
 
 use std::path::Path;
 use std::str::FromStr;
