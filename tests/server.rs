@@ -62,6 +62,23 @@ async fn openapi_covers_every_route(backend: Backend) {
         ("/api/tracing/spans/{span_id}/end/", &["post"]),
         ("/api/tracing/spans/{span_id}/flag/", &["post"]),
         ("/api/tracing/spans/{span_id}/unflag/", &["post"]),
+        ("/api/templates/", &["get", "post"]),
+        ("/api/templates/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/cloud/agents/", &["get", "post"]),
+        ("/api/cloud/agents/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/cloud/agents/{id}/run/", &["post"]),
+        ("/api/cloud/agents/{id}/stop/", &["post"]),
+        ("/api/cloud/agents/{id}/sleep/", &["post"]),
+        ("/api/cloud/agents/{id}/harness-config/", &["get"]),
+        ("/api/cloud/agents/{id}/transitions/", &["get"]),
+        ("/api/cloud/agents/{id}/tags/", &["post"]),
+        ("/api/cloud/agents/{id}/tags/{tag}/", &["delete"]),
+        ("/api/toolbox/adapters/", &["get", "post"]),
+        ("/api/toolbox/adapters/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/toolbox/tools/", &["get", "post"]),
+        ("/api/toolbox/tools/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/toolbox/adapter-configs/", &["get", "post"]),
+        ("/api/toolbox/adapter-configs/{id}/", &["get", "put", "patch", "delete"]),
     ];
     for (path, methods) in expected {
         let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
@@ -148,6 +165,30 @@ async fn secrets_never_reach_responses_or_logs_and_sigterm_stops_cleanly() {
         }
         responses.push_str(&request.send().await.unwrap().text().await.unwrap());
     }
+    let adapter_secret = "ADAPTER-sentinel-9035";
+    let call = |method: Method, path: &str, body: Value| {
+        let request = client.request(method, format!("{base}{path}")).header("Authorization", format!("Bearer {api_key}"));
+        async move {
+            let response = request.json(&body).send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let schema = json!({"type": "object", "properties": {"token": {"type": "string", "writeOnly": true}}});
+    let (_, adapter) = call(Method::POST, "/api/toolbox/adapters/", json!({"name": "sms", "config_schema": schema})).await;
+    let (_, template) = call(Method::POST, "/api/templates/", json!({"name": "t", "model": "m"})).await;
+    let (status, config) = call(
+        Method::POST,
+        "/api/toolbox/adapter-configs/",
+        json!({"template": template["id"], "adapter": adapter["id"], "config": {"token": adapter_secret}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{config}");
+    responses.push_str(&config.to_string());
+    let (_, agent) = call(Method::POST, "/api/cloud/agents/", json!({"name": "a", "template": "t"})).await;
+    responses.push_str(&agent.to_string());
+
     let login = client
         .post(format!("{base}/api/organizations/auth/login/"))
         .json(&json!({"email": "logs@example.com", "password": password}))
@@ -176,10 +217,21 @@ async fn secrets_never_reach_responses_or_logs_and_sigterm_stops_cleanly() {
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
         assert!(serde_json::from_str::<Value>(line).is_ok(), "not a JSON log line: {line}");
     }
-    for secret in [password, provider_key, api_key.as_str(), token.as_str()] {
+    for secret in [password, provider_key, adapter_secret, api_key.as_str(), token.as_str()] {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
-    for secret in [password, provider_key] {
+    // Secrets are stored encrypted or hashed: no file of the data directory contains one.
+    for entry in std::fs::read_dir(temp.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in [password, provider_key, adapter_secret, api_key.as_str(), token.as_str()] {
+                let found = bytes.windows(secret.len()).any(|window| window == secret.as_bytes());
+                assert!(!found, "{} contains a secret in plain text", path.display());
+            }
+        }
+    }
+    for secret in [password, provider_key, adapter_secret] {
         assert!(!responses.contains(secret), "a secret reached a response");
     }
     assert!(!responses.contains(&api_key), "the API key secret is shown only at creation");

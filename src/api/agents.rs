@@ -148,7 +148,7 @@ impl Settings {
     }
 }
 
-/// A value quoted in an error message, cut to a readable length.
+/// Cuts a value quoted in an error message to a readable length.
 fn clip(text: &str) -> String {
     let mut clipped: String = text.chars().take(64).collect();
     if clipped.len() < text.len() {

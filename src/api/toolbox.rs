@@ -2,7 +2,7 @@
 //! an adapter on a template with that template's settings.
 //!
 //! An adapter's `config_schema` is a JSON Schema for its configs. A property
-//! marked `"writeOnly": true` (or `"secret": true`) holds a secret: it is
+//! marked `"writeOnly": true` (or `"secret": true`) is a secret: it is
 //! stored encrypted under the server key, never returned, and listed by name
 //! in `secrets_set`. Tools' `parameters` are JSON Schemas of `"type":
 //! "object"`, checked against the JSON Schema meta-schema.
@@ -71,7 +71,7 @@ fn check_schema(errors: &mut FieldErrors, field: &str, schema: &Value, max_bytes
     true
 }
 
-/// The property names that `config_schema` marks as secret.
+/// Returns the property names that `config_schema` marks as secret.
 fn secret_keys(config_schema: &Value) -> Vec<String> {
     let Some(properties) = config_schema.get("properties").and_then(Value::as_object) else {
         return Vec::new();

@@ -491,7 +491,7 @@ impl ControlPlane {
         Ok(TransitionOutcome::Done(self.agent(org_id, id).await?))
     }
 
-    /// An agent's transitions, newest first.
+    /// Returns an agent's transitions, newest first.
     pub async fn agent_transitions(
         &self,
         org_id: &str,

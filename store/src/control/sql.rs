@@ -10,7 +10,7 @@ use crate::StoreError;
 
 pub(super) fn json_column(row: &AnyRow, column: &str) -> Result<Value, StoreError> {
     let text: String = row.try_get(column)?;
-    serde_json::from_str(&text).map_err(|err| StoreError::Internal(format!("column {column} holds invalid JSON: {err}")))
+    serde_json::from_str(&text).map_err(|err| StoreError::Internal(format!("column {column} contains invalid JSON: {err}")))
 }
 
 /// A value bound to a numbered placeholder of a statement assembled from

@@ -64,7 +64,7 @@ pub struct EnabledAdapter {
 fn json_object(row: &AnyRow, column: &str) -> Result<Map<String, Value>, StoreError> {
     match json_column(row, column)? {
         Value::Object(map) => Ok(map),
-        _ => Err(StoreError::Internal(format!("column {column} holds JSON that is not an object"))),
+        _ => Err(StoreError::Internal(format!("column {column} contains JSON that is not an object"))),
     }
 }
 
@@ -232,7 +232,7 @@ impl ControlPlane {
         select_page(self, "tools", TOOL_COLUMNS, &conditions, limit, offset, tool_from_row).await
     }
 
-    /// The enabled tools of the given adapters, in creation order.
+    /// Returns the enabled tools of the given adapters, in creation order.
     pub async fn enabled_tools(&self, org_id: &str, adapter_ids: &[String]) -> Result<Vec<Tool>, StoreError> {
         if adapter_ids.is_empty() {
             return Ok(Vec::new());
