@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bedrock_ingest::{IngestConfig, Ingestor};
-use bedrock_query::TraceQueries;
+use bedrock_query::{TraceQueries, UsageQueries};
 use bedrock_store::control::ControlPlane;
 use serde_json::json;
 use utoipa::OpenApi;
@@ -34,6 +34,7 @@ pub struct Inner {
     pub auth_cache: CredentialCache,
     pub ingest: Arc<Ingestor>,
     pub queries: TraceQueries,
+    pub usage: UsageQueries,
 }
 
 impl std::ops::Deref for AppState {
@@ -99,7 +100,8 @@ impl AppState {
         };
         let ingest = Ingestor::open(&settings.storage.data_dir, ingest_config).await?;
         let queries = TraceQueries::new(ingest.store().clone());
-        Ok(AppState(Arc::new(Inner { control, settings, secret_box, auth_cache, ingest, queries })))
+        let usage = UsageQueries::new(ingest.store().clone(), control.clone());
+        Ok(AppState(Arc::new(Inner { control, settings, secret_box, auth_cache, ingest, queries, usage })))
     }
 
     /// Flushes and closes everything; called once after the server stops.
@@ -150,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::api::tracing::router())
         .merge(crate::api::agents::router())
         .merge(crate::api::toolbox::router())
+        .merge(crate::api::usage::router())
         .split_for_parts();
     let openapi = Arc::new(openapi);
     let max_body = state.settings.max_body_bytes;

@@ -75,6 +75,11 @@ impl FieldErrors {
         self.0.is_empty()
     }
 
+    /// Reports whether `field` already has an error.
+    pub fn has(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+
     /// Fails with every collected error, or succeeds when there is none.
     pub fn finish(self) -> Result<(), ApiError> {
         if self.0.is_empty() {

@@ -79,6 +79,12 @@ async fn openapi_covers_every_route(backend: Backend) {
         ("/api/toolbox/tools/{id}/", &["get", "put", "patch", "delete"]),
         ("/api/toolbox/adapter-configs/", &["get", "post"]),
         ("/api/toolbox/adapter-configs/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/cloud/usage/", &["get", "post"]),
+        ("/api/cloud/usage/{id}/", &["get"]),
+        ("/api/cloud/usage/summary/", &["get"]),
+        ("/api/cloud/agents/{id}/usage/", &["get"]),
+        ("/api/cloud/model-prices/", &["get", "post"]),
+        ("/api/cloud/model-prices/{id}/", &["get", "put", "patch", "delete"]),
     ];
     for (path, methods) in expected {
         let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use bedrock_store::events::model::{Flag, Op, SpanFields, TraceFields, SPAN_TYPES};
+use bedrock_store::events::model::{Flag, Op, SpanFields, TraceFields, UsageFields, SPAN_TYPES};
+use bedrock_store::events::usage::Money;
 use bedrock_store::time::parse_timestamp;
 use serde_json::{Map, Value};
 
@@ -145,6 +146,58 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Reads a token count: a non-negative integer. An integral float such as
+    /// `12.0` is accepted, since some clients serialize every number as one.
+    fn token_count(&mut self, field: &str) -> Option<i64> {
+        let value = self.body.get(field)?;
+        let count = match value {
+            Value::Null => return None,
+            Value::Number(number) => number
+                .as_i64()
+                .or_else(|| number.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+            _ => None,
+        };
+        match count {
+            Some(count) if count >= 0 => Some(count),
+            Some(_) => {
+                self.errors.add(field, "Ensure this value is greater than or equal to 0.");
+                None
+            }
+            None => {
+                self.errors.add(field, format!("A valid integer is required: got {}.", describe(value)));
+                None
+            }
+        }
+    }
+
+    /// Reads an amount of US dollars: a JSON number or a decimal string, read
+    /// exactly to the nano-dollar, from 0 up to [`MAX_COST_USD`].
+    fn cost(&mut self, field: &str) -> Option<i64> {
+        let value = self.body.get(field)?;
+        if value.is_null() {
+            return None;
+        }
+        let money = match value {
+            Value::Number(_) | Value::String(_) => Money::from_json(value),
+            _ => None,
+        };
+        match money {
+            Some(money) if money.0 < 0 => {
+                self.errors.add(field, "Ensure this value is greater than or equal to 0.");
+                None
+            }
+            Some(money) if money.0 > MAX_COST_USD as i128 * Money::NANOS_PER_DOLLAR => {
+                self.errors.add(field, format!("Ensure this value is at most {MAX_COST_USD}."));
+                None
+            }
+            Some(money) => Some(money.0 as i64),
+            None => {
+                self.errors.add(field, format!("A valid finite number is required: got {}.", describe(value)));
+                None
+            }
+        }
+    }
+
     fn metadata(&mut self) -> Option<Map<String, Value>> {
         match self.body.get("metadata") {
             None | Some(Value::Null) => None,
@@ -240,6 +293,48 @@ pub fn span_write(body: &Value, op: Op, limits: Limits) -> Result<(Option<String
     reader.errors.finish((id, fields))
 }
 
+/// The largest cost one usage record may carry, in US dollars.
+pub const MAX_COST_USD: i64 = 1_000_000_000;
+
+/// Describes a value for an error message: its type, and short scalars in full.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Number(number) => format!("the number {number}"),
+        Value::String(text) if text.len() <= 32 => format!("the string \"{text}\""),
+        other => type_name(other).to_string(),
+    }
+}
+
+/// Reads a usage record posted by a client. Returns the client's id, if any.
+pub fn usage_write(body: &Value, limits: Limits) -> Result<(Option<String>, UsageFields), Invalid> {
+    let mut reader = Reader::new(body, limits)?;
+    let id = reader.id("id");
+    let fields = UsageFields {
+        agent_id: reader.string("agent_id", MAX_ID_BYTES),
+        trace_id: reader.string("trace_id", MAX_ID_BYTES),
+        span_id: reader.string("span_id", MAX_ID_BYTES),
+        model: reader.string("model", MAX_ID_BYTES),
+        input_tokens: reader.token_count("input_tokens"),
+        output_tokens: reader.token_count("output_tokens"),
+        cached_tokens: reader.token_count("cached_tokens"),
+        reasoning_tokens: reader.token_count("reasoning_tokens"),
+        cost_nanos: reader.cost("cost_usd"),
+        timestamp: reader.timestamp("timestamp"),
+        metadata: None,
+    };
+    if let (Some(cached), Some(input)) = (fields.cached_tokens, fields.input_tokens) {
+        if cached > input {
+            reader.errors.add("cached_tokens", "Cached tokens are part of the input tokens: ensure this value is at most input_tokens.");
+        }
+    }
+    if let (Some(reasoning), Some(output)) = (fields.reasoning_tokens, fields.output_tokens) {
+        if reasoning > output {
+            reader.errors.add("reasoning_tokens", "Reasoning tokens are part of the output tokens: ensure this value is at most output_tokens.");
+        }
+    }
+    reader.errors.finish((id, fields))
+}
+
 /// Reads the optional body of a flag request: `{"reason": "..."}`.
 pub fn flag(body: Option<&Value>, now: i64, limits: Limits) -> Result<SpanFields, Invalid> {
     let empty = Value::Object(Map::new());
@@ -292,6 +387,21 @@ mod tests {
         for field in ["id", "trace_id", "span_type", "started_at", "metadata"] {
             assert!(errors.0.contains_key(field), "missing error for {field}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn usage_rejects_bad_counts_and_costs() {
+        let body = json!({"input_tokens": -1, "output_tokens": 1.5, "cached_tokens": "3", "reasoning_tokens": true,
+            "cost_usd": -0.1});
+        let errors = usage_write(&body, Limits::default()).err().unwrap();
+        for field in ["input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "cost_usd"] {
+            assert!(errors.0.contains_key(field), "missing error for {field}: {errors:?}");
+        }
+        let (_, fields) = usage_write(&json!({"input_tokens": 12.0, "cost_usd": "0.1"}), Limits::default()).unwrap();
+        assert_eq!(fields.input_tokens, Some(12));
+        assert_eq!(fields.cost_nanos, Some(100_000_000));
+        let errors = usage_write(&json!({"cost_usd": 1e12}), Limits::default()).err().unwrap();
+        assert!(errors.0.contains_key("cost_usd"));
     }
 
     #[test]

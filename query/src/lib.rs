@@ -2,6 +2,8 @@
 
 pub mod table;
 pub mod traces;
+pub mod usage;
 pub mod views;
 
-pub use traces::{QueryError, TraceQueries};
+pub use traces::{ListPage, QueryError, TraceQueries};
+pub use usage::{UsageCursor, UsageFilter, UsageQueries};

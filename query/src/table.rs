@@ -60,11 +60,12 @@ impl TracesTable {
     }
 
     async fn views(&self) -> Result<Vec<TraceView>> {
-        let (traces, spans) = self
+        let objects = self
             .store
             .all(&self.organization_id)
             .await
             .map_err(|err| DataFusionError::External(Box::new(err)))?;
+        let (traces, spans) = (objects.traces, objects.spans);
         let mut by_trace: HashMap<String, Vec<SpanFields>> = HashMap::new();
         for state in spans.values() {
             let fields = state.resolve();

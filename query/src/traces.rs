@@ -23,6 +23,8 @@ pub enum QueryError {
     #[error("query failed: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("query failed: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("query failed: {0}")]
     Internal(String),
 }
 
@@ -94,7 +96,7 @@ impl TraceQueries {
     ) -> Result<ListPage, QueryError> {
         let states = match trace_id {
             Some(trace_id) => self.store.spans_of_trace(organization_id, trace_id).await?,
-            None => self.store.all(organization_id).await?.1,
+            None => self.store.all(organization_id).await?.spans,
         };
         let mut views: Vec<SpanView> = states
             .iter()

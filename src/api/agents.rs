@@ -22,6 +22,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bedrock_query::UsageFilter;
 use bedrock_store::control::{Agent, AgentFilter, Template, Transition, TransitionOutcome, TransitionRequest};
 use bedrock_store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -678,12 +679,16 @@ async fn create_agent(State(state): State<AppState>, principal: Principal, JsonB
     Ok((StatusCode::CREATED, Json(agent_detail(&state, &agent).await?)).into_response())
 }
 
-/// Get an agent with its latest transitions.
+/// Get an agent with its latest transitions and its usage totals.
 #[utoipa::path(get, path = "/api/cloud/agents/{id}/", tag = "agents", params(("id" = String, Path)),
     responses((status = 200, body = AgentOut), (status = 404)))]
 async fn get_agent(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let agent = state.control.agent(&principal.organization_id, &id).await?;
-    Ok(Json(agent_detail(&state, &agent).await?))
+    let mut detail = agent_detail(&state, &agent).await?;
+    let filter = UsageFilter { agent: Some(agent.id.clone()), ..UsageFilter::default() };
+    let summary = state.usage.summary(&agent.organization_id, &filter, &[]).await?;
+    detail["usage"] = summary["totals"].clone();
+    Ok(Json(detail))
 }
 
 async fn write_agent(state: &AppState, principal: &Principal, id: &str, mut input: AgentIn, partial: bool) -> ApiResult<Json<Value>> {

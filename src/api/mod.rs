@@ -4,3 +4,4 @@ pub mod agents;
 pub mod organizations;
 pub mod toolbox;
 pub mod tracing;
+pub mod usage;

@@ -12,12 +12,14 @@ mod accounts;
 mod agents;
 mod credentials;
 mod invites;
+mod prices;
 mod sql;
 mod toolbox;
 
 pub use accounts::{NewOrganization, NewUser, OrganizationUpdate};
 pub use agents::{Agent, AgentFilter, Template, Transition, TransitionOutcome, TransitionRequest};
 pub use invites::InviteAcceptance;
+pub use prices::PriceOverride;
 pub use toolbox::{Adapter, AdapterConfig, EnabledAdapter, Tool};
 
 use std::path::Path;

@@ -13,6 +13,7 @@
 mod bloom;
 pub mod merge_patch;
 pub mod model;
+pub mod pricing;
 pub mod segment;
 pub mod usage;
 
@@ -24,8 +25,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{col, lit, Expr, ParquetReadOptions, SessionConfig, SessionContext};
 use serde::de::DeserializeOwned;
 
-use self::model::{Batch, Fields, Layered, SpanState, TraceState, Write};
-use self::segment::{Applied, SegmentFile, SegmentRow, KIND_SPAN, KIND_TRACE};
+use self::model::{Batch, Fields, Layered, SpanState, TraceState, UsageState, Write};
+use self::segment::{Applied, SegmentFile, SegmentRow, KIND_SPAN, KIND_TRACE, KIND_USAGE};
 use crate::StoreError;
 
 type Key = (String, String);
@@ -43,11 +44,31 @@ fn partition_of(row: &SegmentRow, partitions: u64) -> u64 {
     hasher.finish() % partitions
 }
 
+/// Every object of one organization, merged, by id.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub traces: HashMap<String, TraceState>,
+    pub spans: HashMap<String, SpanState>,
+    pub usage: HashMap<String, UsageState>,
+}
+
+/// Merges the in-memory states of one organization into `merged`.
+fn merge_memory<F: Fields>(merged: &mut HashMap<String, Layered<F>>, memory: &HashMap<Key, Layered<F>>, organization_id: &str) {
+    for ((org, id), newer) in memory {
+        if org == organization_id {
+            let mut state = merged.remove(id);
+            merge_into(&mut state, newer);
+            merged.extend(state.map(|s| (id.clone(), s)));
+        }
+    }
+}
+
 /// Objects written since the last flush.
 #[derive(Default)]
 struct Generation {
     traces: HashMap<Key, TraceState>,
     spans: HashMap<Key, SpanState>,
+    usage: HashMap<Key, UsageState>,
     /// Span ids by (organization, trace id), for reads of one trace.
     spans_by_trace: HashMap<Key, HashSet<String>>,
     bytes: usize,
@@ -56,7 +77,7 @@ struct Generation {
 
 impl Generation {
     fn is_empty(&self) -> bool {
-        self.traces.is_empty() && self.spans.is_empty()
+        self.traces.is_empty() && self.spans.is_empty() && self.usage.is_empty()
     }
 
     fn apply(&mut self, organization_id: &str, write: &Write, seq: u64, now: i64) {
@@ -74,6 +95,10 @@ impl Generation {
                         .or_default()
                         .insert(id.clone());
                 }
+            }
+            Write::Usage { id, op, fields } => {
+                let key = (organization_id.to_string(), id.clone());
+                apply_to(&mut self.usage, &mut self.bytes, key, *op, fields.clone(), seq, now);
             }
         }
         self.writes += 1;
@@ -228,7 +253,7 @@ impl EventStore {
     pub fn stats(&self) -> StoreStats {
         let inner = self.lock();
         StoreStats {
-            buffer_objects: inner.buffer.traces.len() + inner.buffer.spans.len(),
+            buffer_objects: inner.buffer.traces.len() + inner.buffer.spans.len() + inner.buffer.usage.len(),
             buffer_writes: inner.buffer.writes,
             buffer_bytes: inner.buffer.bytes + inner.flushing.as_ref().map_or(0, |g| g.bytes),
             segments: inner.segments.len(),
@@ -461,33 +486,47 @@ impl EventStore {
         Ok(states)
     }
 
-    /// Returns every trace and span of an organization, merged.
-    pub async fn all(
-        &self,
-        organization_id: &str,
-    ) -> Result<(HashMap<String, TraceState>, HashMap<String, SpanState>), StoreError> {
+    /// Returns every trace, span and usage record of an organization, merged.
+    pub async fn all(&self, organization_id: &str) -> Result<Objects, StoreError> {
         let rows = self.scan(col("organization_id").eq(lit(organization_id))).await?;
-        let (trace_rows, span_rows): (Vec<SegmentRow>, Vec<SegmentRow>) =
-            rows.into_iter().partition(|row| row.kind == KIND_TRACE);
-        let mut traces = merge_segment_rows::<model::TraceFields>(&trace_rows)?;
-        let mut spans = merge_segment_rows::<model::SpanFields>(&span_rows)?;
-        self.with_memory(|generation| {
-            for ((org, id), newer) in &generation.traces {
-                if org == organization_id {
-                    let mut state = traces.remove(id);
-                    merge_into(&mut state, newer);
-                    traces.extend(state.map(|s| (id.clone(), s)));
-                }
+        let mut trace_rows = Vec::new();
+        let mut span_rows = Vec::new();
+        let mut usage_rows = Vec::new();
+        for row in rows {
+            match row.kind {
+                KIND_TRACE => trace_rows.push(row),
+                KIND_USAGE => usage_rows.push(row),
+                _ => span_rows.push(row),
             }
-            for ((org, id), newer) in &generation.spans {
-                if org == organization_id {
-                    let mut state = spans.remove(id);
-                    merge_into(&mut state, newer);
-                    spans.extend(state.map(|s| (id.clone(), s)));
-                }
+        }
+        let mut objects = Objects {
+            traces: merge_segment_rows(&trace_rows)?,
+            spans: merge_segment_rows(&span_rows)?,
+            usage: merge_segment_rows(&usage_rows)?,
+        };
+        self.with_memory(|generation| {
+            merge_memory(&mut objects.traces, &generation.traces, organization_id);
+            merge_memory(&mut objects.spans, &generation.spans, organization_id);
+            merge_memory(&mut objects.usage, &generation.usage, organization_id);
+        });
+        Ok(objects)
+    }
+
+    /// Returns the merged state of one usage record posted by a client.
+    pub async fn usage(&self, organization_id: &str, id: &str) -> Result<Option<UsageState>, StoreError> {
+        let filter = col("organization_id")
+            .eq(lit(organization_id))
+            .and(col("kind").eq(lit(KIND_USAGE)))
+            .and(col("id").eq(lit(id)));
+        let rows = self.scan_where(|s| s.may_hold_object(organization_id, KIND_USAGE, id), filter).await?;
+        let key = (organization_id.to_string(), id.to_string());
+        let mut state = merge_segment_rows::<model::UsageFields>(&rows)?.remove(id);
+        self.with_memory(|generation| {
+            if let Some(newer) = generation.usage.get(&key) {
+                merge_into(&mut state, newer);
             }
         });
-        Ok((traces, spans))
+        Ok(state)
     }
 
     /// Runs `visit` on the generation being flushed, then the live buffer: the write order.
@@ -575,6 +614,11 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
         merged.merge_newer(&decode_state(&newer)?);
         existing.trace_id = Some(existing.id.clone());
         serde_json::to_string(&merged)
+    } else if existing.kind == KIND_USAGE {
+        let mut merged: UsageState = decode_state(existing)?;
+        merged.merge_newer(&decode_state(&newer)?);
+        existing.trace_id = merged.resolve().trace_id;
+        serde_json::to_string(&merged)
     } else {
         let mut merged: SpanState = decode_state(existing)?;
         merged.merge_newer(&decode_state(&newer)?);
@@ -587,7 +631,7 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
 }
 
 fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreError> {
-    let mut rows = Vec::with_capacity(generation.traces.len() + generation.spans.len());
+    let mut rows = Vec::with_capacity(generation.traces.len() + generation.spans.len() + generation.usage.len());
     for ((org, id), state) in &generation.traces {
         rows.push(SegmentRow {
             organization_id: org.clone(),
@@ -609,6 +653,17 @@ fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreErro
             state: serde_json::to_string(state).map_err(StoreError::internal)?,
         });
     }
+    for ((org, id), state) in &generation.usage {
+        let trace_id = state.update.trace_id.clone().or_else(|| state.create.trace_id.clone());
+        rows.push(SegmentRow {
+            organization_id: org.clone(),
+            kind: KIND_USAGE,
+            id: id.clone(),
+            trace_id,
+            seq: state.seq,
+            state: serde_json::to_string(state).map_err(StoreError::internal)?,
+        });
+    }
     Ok(rows)
 }
 
@@ -616,6 +671,7 @@ fn clone_generation(shared: &Generation) -> Generation {
     Generation {
         traces: shared.traces.clone(),
         spans: shared.spans.clone(),
+        usage: shared.usage.clone(),
         spans_by_trace: shared.spans_by_trace.clone(),
         bytes: shared.bytes,
         writes: shared.writes,
@@ -633,6 +689,11 @@ fn merge_generation(older: &mut Generation, newer: Generation) {
         let mut slot = older.spans.remove(&key);
         merge_into(&mut slot, &state);
         older.spans.extend(slot.map(|s| (key, s)));
+    }
+    for (key, state) in newer.usage {
+        let mut slot = older.usage.remove(&key);
+        merge_into(&mut slot, &state);
+        older.usage.extend(slot.map(|s| (key, s)));
     }
     for (key, ids) in newer.spans_by_trace {
         older.spans_by_trace.entry(key).or_default().extend(ids);

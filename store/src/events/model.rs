@@ -81,6 +81,38 @@ pub struct SpanFields {
     pub flag: Option<Flag>,
 }
 
+/// Fields of a usage record posted by a client; `None` means "not set by this
+/// write". Records derived from `llm` spans are not stored: they are read off
+/// the spans' merged metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<i64>,
+    /// The client's cost in nano-dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_nanos: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    /// Never stored: usage records have no metadata, and the slot exists so
+    /// that they merge through the same [`Layered`] code as traces and spans.
+    #[serde(skip)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
 /// Field sets that merge field by field, newer over older.
 pub trait Fields: Clone + Default {
     /// Overwrites every field that `newer` sets, except `metadata`.
@@ -158,6 +190,24 @@ impl Fields for SpanFields {
             + text_bytes(&self.error)
             + metadata_bytes(&self.metadata)
             + self.flag.as_ref().map_or(0, |f| text_bytes(&f.reason))
+    }
+}
+
+impl Fields for UsageFields {
+    fn overwrite_scalars(&mut self, newer: &Self) {
+        overwrite!(
+            self, newer, agent_id, trace_id, span_id, model, input_tokens, output_tokens, cached_tokens,
+            reasoning_tokens, cost_nanos, timestamp
+        );
+    }
+    fn metadata(&self) -> Option<&Map<String, Value>> {
+        self.metadata.as_ref()
+    }
+    fn metadata_mut(&mut self) -> &mut Option<Map<String, Value>> {
+        &mut self.metadata
+    }
+    fn heap_bytes(&self) -> usize {
+        text_bytes(&self.agent_id) + text_bytes(&self.trace_id) + text_bytes(&self.span_id) + text_bytes(&self.model) + 64
     }
 }
 
@@ -255,6 +305,7 @@ impl<F: Fields> Layered<F> {
 
 pub type TraceState = Layered<TraceFields>;
 pub type SpanState = Layered<SpanFields>;
+pub type UsageState = Layered<UsageFields>;
 
 /// One write of one object, as logged and applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +313,7 @@ pub type SpanState = Layered<SpanFields>;
 pub enum Write {
     Trace { id: String, op: Op, fields: TraceFields },
     Span { id: String, op: Op, fields: SpanFields },
+    Usage { id: String, op: Op, fields: UsageFields },
 }
 
 /// The unit of the write-ahead log: the writes of one request, all of one organization.

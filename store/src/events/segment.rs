@@ -7,8 +7,8 @@
 //! lies inside another's is obsolete (left over by a crash during compaction)
 //! and is deleted at start-up.
 //!
-//! Columns: `organization_id`, `kind` (`trace` or `span`), `id`, `trace_id`
-//! (the span's trace, or the trace's own id), `seq` (newest log sequence
+//! Columns: `organization_id`, `kind` (`trace`, `span` or `usage`), `id`,
+//! `trace_id` (the span's or usage record's trace, or the trace's own id), `seq` (newest log sequence
 //! number merged in) and `state` (the [`Layered`](super::model::Layered)
 //! partial state as JSON). Rows are sorted by organization, trace and id so
 //! that row-group statistics prune reads of one trace.
@@ -35,6 +35,17 @@ use crate::StoreError;
 
 pub const KIND_TRACE: &str = "trace";
 pub const KIND_SPAN: &str = "span";
+pub const KIND_USAGE: &str = "usage";
+
+/// The static name of a kind read back from a segment.
+fn kind_of(text: &str) -> Result<&'static str, StoreError> {
+    match text {
+        KIND_TRACE => Ok(KIND_TRACE),
+        KIND_SPAN => Ok(KIND_SPAN),
+        KIND_USAGE => Ok(KIND_USAGE),
+        other => Err(StoreError::Internal(format!("segment row of unknown kind {other:?}"))),
+    }
+}
 
 /// One row of a segment.
 #[derive(Debug, Clone)]
@@ -329,7 +340,7 @@ fn read_keys(path: &Path) -> Result<Keys, StoreError> {
         for i in 0..batch.num_rows() {
             keys.push((
                 organization.value(i).to_string(),
-                if kind.value(i) == KIND_TRACE { KIND_TRACE } else { KIND_SPAN },
+                kind_of(kind.value(i))?,
                 id.value(i).to_string(),
                 (!trace.is_null(i)).then(|| trace.value(i).to_string()),
             ));
@@ -374,7 +385,7 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<SegmentRow>, StoreError>
     for i in 0..batch.num_rows() {
         rows.push(SegmentRow {
             organization_id: organization.value(i).to_string(),
-            kind: if kind.value(i) == KIND_TRACE { KIND_TRACE } else { KIND_SPAN },
+            kind: kind_of(kind.value(i))?,
             id: id.value(i).to_string(),
             trace_id: (!trace.is_null(i)).then(|| trace.value(i).to_string()),
             seq: seq.value(i),

@@ -2,7 +2,10 @@
 //! `metadata.llm_cost`, with money in fixed-point nano-dollars so sums are
 //! exact and do not depend on grouping.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+
+use super::model::{SpanFields, UsageFields};
+use super::pricing::{cost_of, PriceBook};
 
 /// An amount of US dollars in nano-dollars (10^-9 USD).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,6 +139,135 @@ pub fn llm_usage(metadata: &Map<String, Value>) -> Option<LlmUsage> {
         reasoning_tokens: token_count(cost.get("reasoning_tokens")).unwrap_or(0),
         cost: cost.get("total_cost_usd").or_else(|| cost.get("cost_usd")).and_then(Money::from_json),
     })
+}
+
+/// The origin of a usage record's cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostSource {
+    /// Sent by the client.
+    Client,
+    /// Computed from the price table.
+    Computed,
+}
+
+impl CostSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostSource::Client => "client",
+            CostSource::Computed => "computed",
+        }
+    }
+}
+
+/// One usage record as the API shows it: posted by a client, or derived
+/// from an `llm` span's `metadata.llm_cost` (then its id is the span's id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub id: String,
+    pub agent_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub model: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// `None` when the client sent no cost and the model has no price.
+    pub cost: Option<Money>,
+    pub cost_source: Option<CostSource>,
+    /// Microseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// Whether a client posted it (`false`: derived from a span).
+    pub posted: bool,
+}
+
+impl UsageRecord {
+    pub fn total_tokens(&self) -> i64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// Derives the record of an `llm` span that reports `metadata.llm_cost`.
+    /// `trace_agent` is the agent of the span's trace, when known. A cost of
+    /// exactly 0 counts as none, since the harness sends 0.0 when the
+    /// provider returned no cost.
+    pub fn from_span(span_id: &str, span: &SpanFields, trace_agent: Option<&str>, first_seen: i64) -> Option<UsageRecord> {
+        if span.span_type.as_deref() != Some("llm") {
+            return None;
+        }
+        let metadata = span.metadata.as_ref()?;
+        let usage = llm_usage(metadata)?;
+        let agent_id = trace_agent
+            .map(str::to_string)
+            .or_else(|| metadata.get("agent_id").and_then(Value::as_str).map(str::to_string));
+        let cost = usage.cost.filter(|cost| cost.0 != 0);
+        Some(UsageRecord {
+            id: span_id.to_string(),
+            agent_id,
+            trace_id: span.trace_id.clone(),
+            span_id: Some(span_id.to_string()),
+            model: usage.model,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cached_tokens: usage.cached_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            cost_source: cost.map(|_| CostSource::Client),
+            cost,
+            timestamp: span.ended_at.or(span.started_at).unwrap_or(first_seen),
+            posted: false,
+        })
+    }
+
+    /// Builds the record of a usage state posted by a client.
+    pub fn from_posted(id: &str, fields: &UsageFields, first_seen: i64) -> UsageRecord {
+        let cost = fields.cost_nanos.map(|nanos| Money(nanos as i128));
+        UsageRecord {
+            id: id.to_string(),
+            agent_id: fields.agent_id.clone(),
+            trace_id: fields.trace_id.clone(),
+            span_id: fields.span_id.clone(),
+            model: fields.model.clone(),
+            input_tokens: fields.input_tokens.unwrap_or(0),
+            output_tokens: fields.output_tokens.unwrap_or(0),
+            cached_tokens: fields.cached_tokens.unwrap_or(0),
+            reasoning_tokens: fields.reasoning_tokens.unwrap_or(0),
+            cost_source: cost.map(|_| CostSource::Client),
+            cost,
+            timestamp: fields.timestamp.unwrap_or(first_seen),
+            posted: true,
+        }
+    }
+
+    /// Fills in the cost from `prices` when the client sent none.
+    pub fn price(&mut self, prices: &PriceBook) {
+        if self.cost.is_some() {
+            return;
+        }
+        let Some(price) = self.model.as_deref().and_then(|model| prices.lookup(model)) else {
+            return;
+        };
+        self.cost = Some(cost_of(&price, self.input_tokens, self.cached_tokens, self.output_tokens));
+        self.cost_source = Some(CostSource::Computed);
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "model": self.model,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "total_tokens": self.total_tokens(),
+            "cost_usd": self.cost.map_or(Value::Null, Money::to_json),
+            "cost_usd_decimal": self.cost.map(Money::to_decimal_string),
+            "cost_source": self.cost_source.map(CostSource::as_str),
+            "timestamp": crate::time::format_micros(self.timestamp),
+            "source": if self.posted { "client" } else { "span" },
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,319 @@
+//! Usage records and their summaries, through DataFusion.
+//!
+//! The records of an organization are those its clients posted plus one per
+//! `llm` span that reports `metadata.llm_cost`. A posted record that names a
+//! span replaces that span's derived record, so no call is counted twice.
+//! Costs the client did not send are priced when read, from the built-in
+//! table and the organization's overrides, so a new override applies to past
+//! records too. Money is a `Decimal128(38, 9)` column of dollars, so sums are
+//! exact and do not depend on grouping.
+//!
+//! NOTE: every query merges all objects of the organization first, which is
+//! linear in the organization's data.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bedrock_store::control::ControlPlane;
+use bedrock_store::events::pricing::PriceBook;
+use bedrock_store::events::usage::{Money, UsageRecord};
+use bedrock_store::events::EventStore;
+use bedrock_store::time::format_micros;
+use datafusion::arrow::array::{Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
+use serde_json::{json, Map, Value};
+
+use crate::traces::{ListPage, QueryError};
+
+/// The dimensions a summary can group by, with their column names.
+pub const GROUP_KEYS: [(&str, &str); 5] =
+    [("agent", "agent_id"), ("model", "model"), ("day", "day"), ("hour", "hour"), ("trace", "trace_id")];
+
+/// Filters of usage lists and summaries; every given filter must match.
+#[derive(Debug, Default, Clone)]
+pub struct UsageFilter {
+    pub agent: Option<String>,
+    pub model: Option<String>,
+    pub trace: Option<String>,
+    /// Inclusive lower bound of `timestamp`, in microseconds.
+    pub start: Option<i64>,
+    /// Exclusive upper bound of `timestamp`, in microseconds.
+    pub end: Option<i64>,
+}
+
+/// The position of the last row of a page: rows sort by timestamp, then id, both descending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageCursor {
+    pub timestamp: i64,
+    pub id: String,
+}
+
+#[derive(Clone)]
+pub struct UsageQueries {
+    store: Arc<EventStore>,
+    control: ControlPlane,
+}
+
+const COST_PRECISION: u8 = 38;
+const COST_SCALE: i8 = 9;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("agent_id", DataType::Utf8, true),
+        Field::new("trace_id", DataType::Utf8, true),
+        Field::new("span_id", DataType::Utf8, true),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("input_tokens", DataType::Int64, false),
+        Field::new("output_tokens", DataType::Int64, false),
+        Field::new("cached_tokens", DataType::Int64, false),
+        Field::new("reasoning_tokens", DataType::Int64, false),
+        Field::new("total_tokens", DataType::Int64, false),
+        Field::new("cost", DataType::Decimal128(COST_PRECISION, COST_SCALE), true),
+        Field::new("timestamp", DataType::Int64, false),
+        Field::new("day", DataType::Utf8, false),
+        Field::new("hour", DataType::Utf8, false),
+    ]))
+}
+
+fn to_batch(records: &[UsageRecord]) -> Result<RecordBatch, QueryError> {
+    let text = |get: fn(&UsageRecord) -> Option<&str>| -> ArrayRef {
+        Arc::new(records.iter().map(get).collect::<StringArray>())
+    };
+    let number = |get: fn(&UsageRecord) -> i64| -> ArrayRef { Arc::new(records.iter().map(get).collect::<Int64Array>()) };
+    let cost = records
+        .iter()
+        .map(|r| r.cost.map(|money| money.0))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(COST_PRECISION, COST_SCALE)?;
+    let stamps: Vec<String> = records.iter().map(|r| format_micros(r.timestamp)).collect();
+    let columns: Vec<ArrayRef> = vec![
+        text(|r| Some(r.id.as_str())),
+        text(|r| r.agent_id.as_deref()),
+        text(|r| r.trace_id.as_deref()),
+        text(|r| r.span_id.as_deref()),
+        text(|r| r.model.as_deref()),
+        number(|r| r.input_tokens),
+        number(|r| r.output_tokens),
+        number(|r| r.cached_tokens),
+        number(|r| r.reasoning_tokens),
+        number(|r| r.total_tokens()),
+        Arc::new(cost),
+        number(|r| r.timestamp),
+        // `2026-03-01T09:30:12.123456Z`: the day is the first 10 characters, the hour the first 13.
+        Arc::new(stamps.iter().map(|s| Some(s.get(..10).unwrap_or(s))).collect::<StringArray>()),
+        Arc::new(stamps.iter().map(|s| Some(format!("{}:00:00Z", s.get(..13).unwrap_or(s)))).collect::<StringArray>()),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+fn filter_exprs(filter: &UsageFilter) -> Vec<Expr> {
+    let mut exprs = Vec::new();
+    if let Some(agent) = &filter.agent {
+        exprs.push(col("agent_id").eq(lit(agent.as_str())));
+    }
+    if let Some(model) = &filter.model {
+        exprs.push(col("model").eq(lit(model.as_str())));
+    }
+    if let Some(trace) = &filter.trace {
+        exprs.push(col("trace_id").eq(lit(trace.as_str())));
+    }
+    if let Some(start) = filter.start {
+        exprs.push(col("timestamp").gt_eq(lit(start)));
+    }
+    if let Some(end) = filter.end {
+        exprs.push(col("timestamp").lt(lit(end)));
+    }
+    exprs
+}
+
+fn apply(frame: DataFrame, exprs: Vec<Expr>) -> Result<DataFrame, QueryError> {
+    let mut frame = frame;
+    for expr in exprs {
+        frame = frame.filter(expr)?;
+    }
+    Ok(frame)
+}
+
+/// Reads column `name` of `batch` as text, whatever string type DataFusion chose.
+fn text_column(batch: &RecordBatch, name: &str) -> Result<StringArray, QueryError> {
+    let column = batch.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("no column {name}")))?;
+    let text = cast(column, &DataType::Utf8)?;
+    Ok(text.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| QueryError::Internal(format!("{name} is not text")))?)
+}
+
+fn int_value(batch: &RecordBatch, name: &str, row: usize) -> Result<i64, QueryError> {
+    let column = batch.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("no column {name}")))?;
+    let column = cast(column, &DataType::Int64)?;
+    let values = column.as_any().downcast_ref::<Int64Array>().ok_or_else(|| QueryError::Internal(format!("{name} is not an integer")))?;
+    Ok(if values.is_null(row) { 0 } else { values.value(row) })
+}
+
+fn money_value(batch: &RecordBatch, name: &str, row: usize) -> Result<Money, QueryError> {
+    let column = batch.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("no column {name}")))?;
+    let column = cast(column, &DataType::Decimal128(COST_PRECISION, COST_SCALE))?;
+    let values = column.as_any().downcast_ref::<Decimal128Array>().ok_or_else(|| QueryError::Internal(format!("{name} is not a decimal")))?;
+    Ok(Money(if values.is_null(row) { 0 } else { values.value(row) }))
+}
+
+/// Reads the totals of one summary row as JSON fields.
+fn totals_json(batch: &RecordBatch, row: usize) -> Result<Map<String, Value>, QueryError> {
+    let mut totals = Map::new();
+    let record_count = int_value(batch, "record_count", row)?;
+    totals.insert("record_count".into(), json!(record_count));
+    for name in ["input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"] {
+        totals.insert(name.into(), json!(int_value(batch, name, row)?));
+    }
+    let cost = money_value(batch, "cost", row)?;
+    totals.insert("cost_usd".into(), cost.to_json());
+    // JSON numbers pass through binary floating point in most clients; the
+    // decimal string is exact to the nano-dollar.
+    totals.insert("cost_usd_decimal".into(), json!(cost.to_decimal_string()));
+    totals.insert("unpriced_count".into(), json!(record_count - int_value(batch, "priced_count", row)?));
+    Ok(totals)
+}
+
+fn aggregates() -> Vec<Expr> {
+    let mut exprs = vec![count(lit(1i64)).alias("record_count")];
+    for name in ["input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"] {
+        exprs.push(sum(col(name)).alias(name));
+    }
+    exprs.push(sum(col("cost")).alias("cost"));
+    exprs.push(count(col("cost")).alias("priced_count"));
+    exprs
+}
+
+impl UsageQueries {
+    pub fn new(store: Arc<EventStore>, control: ControlPlane) -> UsageQueries {
+        UsageQueries { store, control }
+    }
+
+    /// Collects every usage record of an organization, priced.
+    pub async fn records(&self, organization_id: &str) -> Result<Vec<UsageRecord>, QueryError> {
+        let objects = self.store.all(organization_id).await?;
+        let prices = PriceBook::new(self.control.price_overrides(organization_id).await?);
+
+        let mut records: Vec<UsageRecord> = objects
+            .usage
+            .iter()
+            .map(|(id, state)| UsageRecord::from_posted(id, &state.resolve(), state.first_seen))
+            .collect();
+        let posted_spans: HashSet<String> = records.iter().filter_map(|r| r.span_id.clone()).collect();
+        let trace_agents: HashMap<&str, String> = objects
+            .traces
+            .iter()
+            .filter_map(|(id, state)| state.resolve().agent_id.map(|agent| (id.as_str(), agent)))
+            .collect();
+        for (id, state) in &objects.spans {
+            if posted_spans.contains(id) {
+                continue;
+            }
+            let span = state.resolve();
+            let agent = span.trace_id.as_deref().and_then(|trace| trace_agents.get(trace)).map(String::as_str);
+            records.extend(UsageRecord::from_span(id, &span, agent, state.first_seen));
+        }
+        for record in &mut records {
+            record.price(&prices);
+        }
+        Ok(records)
+    }
+
+    async fn frame(&self, records: &[UsageRecord]) -> Result<DataFrame, QueryError> {
+        let batch = to_batch(records)?;
+        let table = MemTable::try_new(schema(), vec![vec![batch]])?;
+        Ok(SessionContext::new().read_table(Arc::new(table))?)
+    }
+
+    /// Finds one record by id.
+    pub async fn get(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
+        let records = self.records(organization_id).await?;
+        Ok(records.iter().find(|r| r.id == id).map(UsageRecord::to_json))
+    }
+
+    /// Records newest first, after `cursor` when given. Returns the page and
+    /// the cursor of its last row when more rows follow.
+    pub async fn list(
+        &self,
+        organization_id: &str,
+        filter: &UsageFilter,
+        cursor: Option<&UsageCursor>,
+        limit: usize,
+    ) -> Result<(ListPage, Option<UsageCursor>), QueryError> {
+        let records = self.records(organization_id).await?;
+        let filtered = apply(self.frame(&records).await?, filter_exprs(filter))?;
+        let count = filtered.clone().count().await?;
+
+        let mut page = filtered;
+        if let Some(cursor) = cursor {
+            let before = col("timestamp")
+                .lt(lit(cursor.timestamp))
+                .or(col("timestamp").eq(lit(cursor.timestamp)).and(col("id").lt(lit(cursor.id.as_str()))));
+            page = page.filter(before)?;
+        }
+        let batches = page
+            .sort(vec![col("timestamp").sort(false, false), col("id").sort(false, false)])?
+            .limit(0, Some(limit + 1))?
+            .select_columns(&["id"])?
+            .collect()
+            .await?;
+        let by_id: HashMap<&str, &UsageRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+        let mut rows: Vec<&UsageRecord> = Vec::new();
+        for batch in &batches {
+            let ids = text_column(batch, "id")?;
+            rows.extend(ids.iter().flatten().filter_map(|id| by_id.get(id).copied()));
+        }
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|last| UsageCursor { timestamp: last.timestamp, id: last.id.clone() })
+        } else {
+            None
+        };
+        let results = rows.iter().map(|r| r.to_json()).collect();
+        Ok((ListPage { count, results }, next))
+    }
+
+    /// Sums the filtered records overall and, per group of `group_by` columns
+    /// (names from [`GROUP_KEYS`]), the same totals per group.
+    pub async fn summary(&self, organization_id: &str, filter: &UsageFilter, group_by: &[&str]) -> Result<Value, QueryError> {
+        let records = self.records(organization_id).await?;
+        let filtered = apply(self.frame(&records).await?, filter_exprs(filter))?;
+
+        let totals = filtered.clone().aggregate(vec![], aggregates())?.collect().await?;
+        let totals = match totals.iter().find(|b| b.num_rows() > 0) {
+            Some(batch) => Value::Object(totals_json(batch, 0)?),
+            None => return Err(QueryError::Internal("an ungrouped aggregate returned no row".into())),
+        };
+        let mut summary = json!({ "totals": totals });
+        if group_by.is_empty() {
+            return Ok(summary);
+        }
+
+        let columns: Vec<(&str, &str)> = group_by
+            .iter()
+            .map(|key| GROUP_KEYS.iter().find(|(name, _)| name == key).copied().ok_or_else(|| QueryError::Internal(format!("unknown group {key}"))))
+            .collect::<Result<_, _>>()?;
+        let group_exprs: Vec<Expr> = columns.iter().map(|(_, column)| col(*column)).collect();
+        let sort: Vec<_> = columns.iter().map(|(_, column)| col(*column).sort(true, true)).collect();
+        let batches = filtered.aggregate(group_exprs, aggregates())?.sort(sort)?.collect().await?;
+        let mut groups = Vec::new();
+        for batch in &batches {
+            let keys: Vec<StringArray> = columns.iter().map(|(_, column)| text_column(batch, column)).collect::<Result<_, _>>()?;
+            for row in 0..batch.num_rows() {
+                let mut group = Map::new();
+                for ((name, _), values) in columns.iter().zip(&keys) {
+                    let value = if values.is_null(row) { Value::Null } else { json!(values.value(row)) };
+                    group.insert((*name).to_string(), value);
+                }
+                group.extend(totals_json(batch, row)?);
+                groups.push(Value::Object(group));
+            }
+        }
+        summary["group_by"] = json!(group_by);
+        summary["groups"] = Value::Array(groups);
+        Ok(summary)
+    }
+}
