@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bedrock_ingest::{IngestConfig, Ingestor};
-use bedrock_query::{TraceQueries, UsageQueries};
+use bedrock_query::{Prices, TraceQueries, UsageQueries};
 use bedrock_store::control::ControlPlane;
 use serde_json::json;
 use utoipa::OpenApi;
@@ -35,6 +35,7 @@ pub struct Inner {
     pub ingest: Arc<Ingestor>,
     pub queries: TraceQueries,
     pub usage: UsageQueries,
+    pub prices: Prices,
 }
 
 impl std::ops::Deref for AppState {
@@ -99,9 +100,10 @@ impl AppState {
             compact_segments: events.compact_segments,
         };
         let ingest = Ingestor::open(&settings.storage.data_dir, ingest_config).await?;
-        let queries = TraceQueries::new(ingest.store().clone());
-        let usage = UsageQueries::new(ingest.store().clone(), control.clone());
-        Ok(AppState(Arc::new(Inner { control, settings, secret_box, auth_cache, ingest, queries, usage })))
+        let prices = Prices::new(control.clone());
+        let queries = TraceQueries::new(ingest.store().clone(), prices.clone());
+        let usage = UsageQueries::new(ingest.store().clone(), prices.clone());
+        Ok(AppState(Arc::new(Inner { control, settings, secret_box, auth_cache, ingest, queries, usage, prices })))
     }
 
     /// Flushes and closes everything; called once after the server stops.
@@ -150,6 +152,7 @@ pub fn router(state: AppState) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::api::organizations::router())
         .merge(crate::api::tracing::router())
+        .merge(crate::api::trace_list::router())
         .merge(crate::api::agents::router())
         .merge(crate::api::toolbox::router())
         .merge(crate::api::usage::router())

@@ -1,9 +1,12 @@
 //! The read side: API views of traces and spans, and the queries over them.
 
+pub mod prices;
 pub mod table;
+pub mod trace_list;
 pub mod traces;
 pub mod usage;
 pub mod views;
 
+pub use prices::Prices;
 pub use traces::{ListPage, QueryError, TraceQueries};
 pub use usage::{UsageCursor, UsageFilter, UsageQueries};

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bedrock_store::events::model::SpanFields;
+use bedrock_store::events::pricing::PriceBook;
 use bedrock_store::events::EventStore;
-use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{Session, TableProvider};
@@ -27,6 +28,9 @@ use crate::views::TraceView;
 pub struct TracesTable {
     store: Arc<EventStore>,
     organization_id: String,
+    prices: Arc<PriceBook>,
+    /// `(key, value)` pairs that a trace's top-level metadata must match.
+    metadata_filters: Vec<(String, String)>,
     schema: SchemaRef,
 }
 
@@ -37,8 +41,23 @@ impl fmt::Debug for TracesTable {
 }
 
 impl TracesTable {
-    pub fn new(store: Arc<EventStore>, organization_id: &str) -> Self {
-        TracesTable { store, organization_id: organization_id.to_string(), schema: Self::table_schema() }
+    pub fn new(store: Arc<EventStore>, organization_id: &str, prices: Arc<PriceBook>) -> Self {
+        TracesTable {
+            store,
+            organization_id: organization_id.to_string(),
+            prices,
+            metadata_filters: Vec::new(),
+            schema: Self::table_schema(),
+        }
+    }
+
+    /// Keeps only traces whose metadata has each `key` with `value`, compared
+    /// as strings: a string value by its text, any other by its JSON.
+    /// NOTE: this filter runs in Rust while the table is built, because the
+    /// metadata keys are not columns.
+    pub fn with_metadata_filters(mut self, filters: Vec<(String, String)>) -> Self {
+        self.metadata_filters = filters;
+        self
     }
 
     /// Columns: ids and times (microseconds since the epoch), computed
@@ -55,6 +74,9 @@ impl TracesTable {
             Field::new("status", DataType::Utf8, false),
             Field::new("span_count", DataType::UInt64, false),
             Field::new("cost_nanos", DataType::Int64, false),
+            Field::new("has_error", DataType::Boolean, false),
+            // The distinct span types between commas, such as `,text,llm,`.
+            Field::new("span_types", DataType::Utf8, false),
             Field::new("view", DataType::Utf8, false),
         ]))
     }
@@ -76,7 +98,8 @@ impl TracesTable {
         let empty = Vec::new();
         Ok(traces
             .iter()
-            .map(|(id, state)| TraceView::new(id, state, by_trace.get(id).unwrap_or(&empty).iter()))
+            .map(|(id, state)| TraceView::new(id, state, by_trace.get(id).unwrap_or(&empty).iter(), &self.prices))
+            .filter(|view| self.metadata_filters.iter().all(|(key, value)| metadata_matches(view, key, value)))
             .collect())
     }
 
@@ -95,10 +118,20 @@ impl TracesTable {
                 Arc::new(StringArray::from_iter_values(views.iter().map(TraceView::status))),
                 Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| v.totals.span_count))),
                 Arc::new(Int64Array::from_iter_values(views.iter().map(cost))),
+                Arc::new(BooleanArray::from_iter(views.iter().map(|v| Some(v.has_error())))),
+                Arc::new(StringArray::from_iter_values(views.iter().map(|v| format!(",{},", v.totals.span_types.join(","))))),
                 Arc::new(StringArray::from_iter_values(views.iter().map(|v| v.to_json().to_string()))),
             ],
         )?;
         Ok(batch)
+    }
+}
+
+fn metadata_matches(view: &TraceView, key: &str, wanted: &str) -> bool {
+    match view.fields.metadata.as_ref().and_then(|m| m.get(key)) {
+        Some(serde_json::Value::String(text)) => text == wanted,
+        Some(other) => other.to_string() == wanted,
+        None => false,
     }
 }
 

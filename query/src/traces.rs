@@ -13,6 +13,7 @@ use datafusion::arrow::array::StringArray;
 use datafusion::prelude::{col, SessionContext};
 use serde_json::Value;
 
+use crate::prices::Prices;
 use crate::table::TracesTable;
 use crate::views::{SpanView, TraceView};
 
@@ -26,6 +27,9 @@ pub enum QueryError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("query failed: {0}")]
     Internal(String),
+    /// A request value, named here, that the query cannot use.
+    #[error("invalid {0}")]
+    Invalid(String),
 }
 
 /// One page of a list with the number of rows behind it.
@@ -37,6 +41,7 @@ pub struct ListPage {
 #[derive(Clone)]
 pub struct TraceQueries {
     store: Arc<EventStore>,
+    prices: Prices,
 }
 
 fn span_order(a: &SpanView, b: &SpanView) -> std::cmp::Ordering {
@@ -44,8 +49,16 @@ fn span_order(a: &SpanView, b: &SpanView) -> std::cmp::Ordering {
 }
 
 impl TraceQueries {
-    pub fn new(store: Arc<EventStore>) -> Self {
-        TraceQueries { store }
+    pub fn new(store: Arc<EventStore>, prices: Prices) -> Self {
+        TraceQueries { store, prices }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<EventStore> {
+        &self.store
+    }
+
+    pub(crate) fn prices(&self) -> &Prices {
+        &self.prices
     }
 
     /// A trace with its spans in start order, or `None` when no create has arrived for it.
@@ -56,7 +69,8 @@ impl TraceQueries {
         let spans = self.store.spans_of_trace(organization_id, id).await?;
         let mut views: Vec<SpanView> = spans.iter().map(|(span_id, s)| SpanView::new(span_id, s)).collect();
         views.sort_by(span_order);
-        let trace = TraceView::new(id, &state, views.iter().map(|v| &v.fields));
+        let prices = self.prices.book(organization_id).await?;
+        let trace = TraceView::new(id, &state, views.iter().map(|v| &v.fields), &prices);
         let mut json = trace.to_json();
         if let Value::Object(map) = &mut json {
             map.insert("spans".into(), Value::Array(views.iter().map(SpanView::to_json).collect()));
@@ -76,7 +90,8 @@ impl TraceQueries {
         };
         let spans = self.store.spans_of_trace(organization_id, id).await?;
         let fields: Vec<SpanFields> = spans.values().map(|s| s.resolve()).collect();
-        Ok(Some(TraceView::new(id, &state, fields.iter()).to_json()))
+        let prices = self.prices.book(organization_id).await?;
+        Ok(Some(TraceView::new(id, &state, fields.iter(), &prices).to_json()))
     }
 
     pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
@@ -115,7 +130,8 @@ impl TraceQueries {
     /// Traces newest first, read through the DataFusion `traces` table.
     pub async fn list_traces(&self, organization_id: &str, offset: usize, limit: usize) -> Result<ListPage, QueryError> {
         let context = SessionContext::new();
-        let table = context.read_table(Arc::new(TracesTable::new(self.store.clone(), organization_id)))?;
+        let prices = self.prices.book(organization_id).await?;
+        let table = context.read_table(Arc::new(TracesTable::new(self.store.clone(), organization_id, prices)))?;
         let count = table.clone().count().await?;
         let page = table
             .sort(vec![

@@ -4,8 +4,8 @@
 //! `llm` span that reports `metadata.llm_cost`. A posted record that names a
 //! span replaces that span's derived record, so no call is counted twice.
 //! Costs the client did not send are priced when read, from the built-in
-//! table and the organization's overrides, so a new override applies to past
-//! records too. Money is a `Decimal128(38, 9)` column of dollars, so sums are
+//! table and the organization's overrides (cached for up to five seconds),
+//! so a new override applies to past records too. Money is a `Decimal128(38, 9)` column of dollars, so sums are
 //! exact and do not depend on grouping.
 //!
 //! NOTE: every query merges all objects of the organization first, which is
@@ -14,8 +14,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bedrock_store::control::ControlPlane;
-use bedrock_store::events::pricing::PriceBook;
 use bedrock_store::events::usage::{Money, UsageRecord};
 use bedrock_store::events::EventStore;
 use bedrock_store::time::format_micros;
@@ -27,6 +25,7 @@ use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
 use serde_json::{json, Map, Value};
 
+use crate::prices::Prices;
 use crate::traces::{ListPage, QueryError};
 
 /// The dimensions a summary can group by, with their column names.
@@ -55,7 +54,7 @@ pub struct UsageCursor {
 #[derive(Clone)]
 pub struct UsageQueries {
     store: Arc<EventStore>,
-    control: ControlPlane,
+    prices: Prices,
 }
 
 const COST_PRECISION: u8 = 38;
@@ -188,14 +187,14 @@ fn aggregates() -> Vec<Expr> {
 }
 
 impl UsageQueries {
-    pub fn new(store: Arc<EventStore>, control: ControlPlane) -> UsageQueries {
-        UsageQueries { store, control }
+    pub fn new(store: Arc<EventStore>, prices: Prices) -> UsageQueries {
+        UsageQueries { store, prices }
     }
 
     /// Collects every usage record of an organization, priced.
     pub async fn records(&self, organization_id: &str) -> Result<Vec<UsageRecord>, QueryError> {
         let objects = self.store.all(organization_id).await?;
-        let prices = PriceBook::new(self.control.price_overrides(organization_id).await?);
+        let prices = self.prices.book(organization_id).await?;
 
         let mut records: Vec<UsageRecord> = objects
             .usage

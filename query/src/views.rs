@@ -3,7 +3,8 @@
 
 use bedrock_evals::{checkpoint_passed, pass_rate};
 use bedrock_store::events::model::{SpanFields, SpanState, TraceFields, TraceState};
-use bedrock_store::events::usage::{llm_usage, Money};
+use bedrock_store::events::pricing::PriceBook;
+use bedrock_store::events::usage::{Money, UsageRecord};
 use bedrock_store::time::format_micros;
 use serde_json::{json, Map, Value};
 
@@ -78,19 +79,34 @@ pub struct SpanTotals {
     pub cost: Money,
     pub checkpoints: u64,
     pub checkpoints_passed: u64,
+    /// Spans with a non-empty `error`.
+    pub error_count: u64,
+    /// The distinct span types, in the order first seen.
+    pub span_types: Vec<String>,
 }
 
 impl SpanTotals {
-    pub fn add(&mut self, span: &SpanFields) {
+    /// Adds one span. An `llm` span's usage counts as its usage record
+    /// does, priced from `prices` when the client sent no cost.
+    pub fn add(&mut self, span: &SpanFields, prices: &PriceBook) {
         self.span_count += 1;
         if span.flag.as_ref().is_some_and(|flag| flag.flagged) {
             self.flagged_span_count += 1;
+        }
+        if span.error.as_ref().is_some_and(|error| !error.is_empty()) {
+            self.error_count += 1;
+        }
+        if let Some(kind) = span.span_type.as_deref() {
+            if !self.span_types.iter().any(|known| known == kind) {
+                self.span_types.push(kind.to_string());
+            }
         }
         let empty = Map::new();
         let metadata = span.metadata.as_ref().unwrap_or(&empty);
         match span.span_type.as_deref() {
             Some("llm") => {
-                if let Some(usage) = llm_usage(metadata) {
+                if let Some(mut usage) = UsageRecord::from_span("", span, None, 0) {
+                    usage.price(prices);
                     self.input_tokens = self.input_tokens.saturating_add(usage.input_tokens);
                     self.output_tokens = self.output_tokens.saturating_add(usage.output_tokens);
                     self.cached_tokens = self.cached_tokens.saturating_add(usage.cached_tokens);
@@ -118,10 +134,15 @@ pub struct TraceView {
 }
 
 impl TraceView {
-    pub fn new<'a>(id: &str, state: &TraceState, spans: impl IntoIterator<Item = &'a SpanFields>) -> TraceView {
+    pub fn new<'a>(
+        id: &str,
+        state: &TraceState,
+        spans: impl IntoIterator<Item = &'a SpanFields>,
+        prices: &PriceBook,
+    ) -> TraceView {
         let mut totals = SpanTotals::default();
         for span in spans {
-            totals.add(span);
+            totals.add(span, prices);
         }
         TraceView { id: id.to_string(), fields: state.resolve(), first_seen: state.first_seen, totals }
     }
@@ -136,6 +157,11 @@ impl TraceView {
         } else {
             "ok"
         }
+    }
+
+    /// Whether the trace or any of its spans carries an error.
+    pub fn has_error(&self) -> bool {
+        self.fields.error.as_ref().is_some_and(|e| !e.is_empty()) || self.totals.error_count > 0
     }
 
     pub fn duration_ms(&self) -> Option<f64> {

@@ -1,7 +1,9 @@
 //! HTTP handlers, one module per part of the API.
 
 pub mod agents;
+pub mod formats;
 pub mod organizations;
 pub mod toolbox;
+pub mod trace_list;
 pub mod tracing;
 pub mod usage;

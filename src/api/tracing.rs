@@ -64,6 +64,7 @@ impl From<QueryError> for ApiError {
     fn from(err: QueryError) -> Self {
         match err {
             QueryError::Store(store) => store.into(),
+            QueryError::Invalid(field) => ApiError::field(field, "This value is not valid."),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -7,7 +7,7 @@
 //! fields it carries and never adds a second record.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -25,6 +25,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::formats::{tabular, Format, USAGE_COLUMNS, USAGE_TOTAL_COLUMNS};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, FieldErrors};
@@ -113,8 +114,15 @@ fn query_error(err: bedrock_query::QueryError) -> ApiError {
         ("start" = Option<String>, Query), ("end" = Option<String>, Query), ("cursor" = Option<String>, Query),
         ("page_size" = Option<i64>, Query)),
     responses((status = 200, description = "`{count, next, previous, results}`"), (status = 400)))]
-async fn list_usage(State(state): State<AppState>, principal: Principal, query: QueryPairs, url: RequestUrl) -> ApiResult<Json<Value>> {
-    let filter = usage_filter(&query, &["agent", "model", "trace", "start", "end", "cursor", "page_size"])?;
+async fn list_usage(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: QueryPairs,
+    url: RequestUrl,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let filter = usage_filter(&query, &["agent", "model", "trace", "start", "end", "cursor", "page_size", "format"])?;
+    let format = Format::of(&query, &headers)?;
     let page_size = PageParams::from_query(&query)?.page_size;
     let cursor = query.get("cursor").filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
     let (page, next) = state
@@ -122,8 +130,11 @@ async fn list_usage(State(state): State<AppState>, principal: Principal, query: 
         .list(&principal.organization_id, &filter, cursor.as_ref(), page_size as usize)
         .await
         .map_err(query_error)?;
+    if format != Format::Json {
+        return tabular(format, &page.results, USAGE_COLUMNS);
+    }
     let next = next.map(|cursor| url.with("cursor", Some(encode_cursor(&cursor))));
-    Ok(Json(json!({ "count": page.count, "next": next, "previous": Value::Null, "results": page.results })))
+    Ok(Json(json!({ "count": page.count, "next": next, "previous": Value::Null, "results": page.results })).into_response())
 }
 
 /// Post one usage record, or `{"records": [...]}` for up to 1000. A record
@@ -193,11 +204,22 @@ async fn get_usage(State(state): State<AppState>, principal: Principal, Path(id)
     params(("agent" = Option<String>, Query), ("model" = Option<String>, Query), ("trace" = Option<String>, Query),
         ("start" = Option<String>, Query), ("end" = Option<String>, Query), ("group_by" = Option<String>, Query)),
     responses((status = 200, description = "`{totals, group_by, groups}`"), (status = 400)))]
-async fn usage_summary(State(state): State<AppState>, principal: Principal, query: QueryPairs) -> ApiResult<Json<Value>> {
-    let filter = usage_filter(&query, &["agent", "model", "trace", "start", "end", "group_by"])?;
+async fn usage_summary(State(state): State<AppState>, principal: Principal, query: QueryPairs, headers: HeaderMap) -> ApiResult<Response> {
+    let filter = usage_filter(&query, &["agent", "model", "trace", "start", "end", "group_by", "format"])?;
+    let format = Format::of(&query, &headers)?;
     let keys = group_by(&query)?;
     let summary = state.usage.summary(&principal.organization_id, &filter, &keys).await.map_err(query_error)?;
-    Ok(Json(summary))
+    if format == Format::Json {
+        return Ok(Json(summary).into_response());
+    }
+    // One row per group, or one row of totals without group_by.
+    let rows = match summary["groups"].as_array() {
+        Some(groups) => groups.clone(),
+        None => vec![summary["totals"].clone()],
+    };
+    let mut columns: Vec<&str> = keys.clone();
+    columns.extend_from_slice(USAGE_TOTAL_COLUMNS);
+    tabular(format, &rows, &columns)
 }
 
 /// The usage summary of one agent id, whether or not an agent row exists for it.
@@ -340,6 +362,7 @@ async fn create_price(State(state): State<AppState>, principal: Principal, JsonB
         updated_at: now,
     };
     state.control.insert_price(&row).await.map_err(duplicate_model)?;
+    state.prices.invalidate(&principal.organization_id);
     tracing::info!(price_id = %row.id, "model price override created");
     Ok((StatusCode::CREATED, Json(price_out(&row))).into_response())
 }
@@ -357,6 +380,7 @@ async fn write_price(state: &AppState, principal: &Principal, id: &str, input: P
     let (model, price) = build_price(input, partial.then_some(&current))?;
     let row = PriceOverride { model, price, updated_at: now_micros(), ..current };
     state.control.update_price(&row).await.map_err(duplicate_model)?;
+    state.prices.invalidate(&principal.organization_id);
     Ok(Json(price_out(&row)))
 }
 
@@ -390,5 +414,6 @@ async fn update_price(
 async fn delete_price(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
     principal.require_manager()?;
     state.control.delete_price(&principal.organization_id, &id).await?;
+    state.prices.invalidate(&principal.organization_id);
     Ok(StatusCode::NO_CONTENT)
 }
