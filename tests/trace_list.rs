@@ -1,6 +1,6 @@
 //! Behaviour of `GET /api/tracing/traces/list/`: every filter against a
 //! generated data set, every sort, cursors under concurrent writes, bad
-//! input, and the CSV and Arrow answers.
+//! input, and the CSV and Arrow responses.
 
 mod common;
 
@@ -138,7 +138,7 @@ async fn filters_match_the_data(backend: Backend) {
     assert_eq!(sorted(ids(&server, &key, &window).await), expect(&data, |t| t.started_at > 50 && t.started_at < 80));
 }
 
-/// A closed trace reads as `error` when its own error is set.
+/// Reports whether the generated trace carries its own error (`status` `error` once closed).
 fn data_error_trace(t: &Expected) -> bool {
     let i: i64 = t.id[6..].parse().unwrap();
     i % 9 == 0
