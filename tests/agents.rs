@@ -371,6 +371,21 @@ async fn lifecycle_transitions(backend: Backend) {
     assert_eq!(transitions["results"][5]["reason"], "nap");
     assert_eq!(transitions["results"][6]["run_id"], "run-42");
 
+    // idle → running directly, and sleeping → sleeping with a new time.
+    let (_, second) = server.post("/api/cloud/agents/", &key, json!({"name": "second", "model": "m"})).await;
+    let second = second["id"].as_str().unwrap().to_string();
+    let (status, body) = server.post(&format!("/api/cloud/agents/{second}/run/"), &key, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "running");
+    let sleep = format!("/api/cloud/agents/{second}/sleep/");
+    let (status, _) = server.post(&sleep, &key, json!({"until": "2099-01-01T00:00:00Z"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.post(&sleep, &key, json!({"until": "2098-06-01T12:00:00+02:00", "reason": "earlier"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sleep_until"], "2098-06-01T10:00:00.000000Z");
+    assert_eq!(body["recent_transitions"][0]["from_status"], "sleeping");
+    assert_eq!(body["recent_transitions"][0]["to_status"], "sleeping");
+
     // Unknown and other organizations' agents are 404 for every action.
     let other = server.api_key("lifecycle-other@example.com").await;
     for name in ["run", "stop"] {

@@ -12,6 +12,11 @@
 //!
 //! It stops by itself after `--duration-seconds` or `--spans`, whichever
 //! comes first, and prints a text report, or JSON with `--json`.
+//!
+//! With `--query-rounds N`, it then runs each analytic query (the trace list
+//! unfiltered, by agent and by a metadata key, the usage list, and the usage
+//! summary by model and day over 30 days) N times one after another, and
+//! reports each one's latency percentiles. `--clients 0` skips the load.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,9 +68,51 @@ struct Settings {
     #[arg(long, default_value_t = 2048)]
     text_bytes: usize,
 
+    /// Times each analytic query this many times after the load (0: none).
+    #[arg(long, default_value_t = 0)]
+    query_rounds: u64,
+
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The analytic queries that `--query-rounds` times, by name.
+fn analytic_queries() -> Vec<(&'static str, String)> {
+    let month_ago = chrono::Utc::now() - chrono::Duration::days(30);
+    let start = month_ago.format("%Y-%m-%dT%H:%M:%SZ");
+    vec![
+        ("traces_list", "/api/tracing/traces/list/?page_size=50".to_string()),
+        ("traces_list_by_agent", "/api/tracing/traces/list/?page_size=50&agent=agent-3".to_string()),
+        ("traces_list_by_metadata", "/api/tracing/traces/list/?page_size=50&metadata__scenario=group_lunch".to_string()),
+        ("usage_list", "/api/cloud/usage/?page_size=50".to_string()),
+        ("usage_summary_by_model_day", format!("/api/cloud/usage/summary/?group_by=model,day&start={start}")),
+    ]
+}
+
+/// Runs each analytic query `rounds` times in sequence and returns, per
+/// query, its latency percentiles in milliseconds and its failed responses.
+async fn time_queries(http: &reqwest::Client, base: &str, key: &str, rounds: u64) -> anyhow::Result<Value> {
+    let mut report = serde_json::Map::new();
+    for (name, path) in analytic_queries() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut errors = 0u64;
+        for _ in 0..rounds {
+            let sent = Instant::now();
+            let ok = match http.get(format!("{base}{path}")).header("Authorization", key).send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            histogram.saturating_record(sent.elapsed().as_micros() as u64);
+            errors += u64::from(!ok);
+        }
+        let millis = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        report.insert(
+            name.to_string(),
+            json!({"path": path, "rounds": rounds, "p50": millis(0.5), "p99": millis(0.99), "max": histogram.max() as f64 / 1000.0, "errors": errors}),
+        );
+    }
+    Ok(Value::Object(report))
 }
 
 struct Counters {
@@ -350,6 +397,11 @@ async fn main() -> anyhow::Result<()> {
     let spans_closed = counters.spans_closed.load(Ordering::Relaxed);
     let errors: u64 = statuses.iter().filter(|(status, _)| !status.starts_with('2')).map(|(_, n)| n).sum();
     let millis = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let queries = if settings.query_rounds > 0 {
+        Some(time_queries(&http, &base, &key, settings.query_rounds).await?)
+    } else {
+        None
+    };
     let report = json!({
         "url": base,
         "clients": settings.clients,
@@ -363,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
         "latency_ms": {"p50": millis(0.50), "p90": millis(0.90), "p99": millis(0.99), "max": histogram.max() as f64 / 1000.0},
         "errors": errors,
         "statuses": statuses,
+        "queries": queries,
     });
     if settings.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -374,6 +427,11 @@ async fn main() -> anyhow::Result<()> {
             millis(0.50), millis(0.90), millis(0.99), histogram.max() as f64 / 1000.0
         );
         println!("statuses: {}", serde_json::to_string(&report["statuses"])?);
+        if let Some(Value::Object(queries)) = &queries {
+            for (name, q) in queries {
+                println!("{name}: p50 {} ms  p99 {} ms  max {} ms  errors {}", q["p50"], q["p99"], q["max"], q["errors"]);
+            }
+        }
     }
     Ok(())
 }
