@@ -83,6 +83,10 @@ pub struct ServeSettings {
     #[arg(long, env = "BEDROCK_MAX_TEXT_FIELD_BYTES", default_value_t = 1024 * 1024)]
     pub max_text_field_bytes: usize,
 
+    /// Maximum number of events in one request to /api/tracing/ingest/.
+    #[arg(long, env = "BEDROCK_BATCH_MAX_EVENTS", default_value_t = 1000)]
+    pub batch_max_events: usize,
+
     /// How long a resolved credential is cached, in seconds; a key revoked on another instance stops working within this time.
     #[arg(long, env = "BEDROCK_AUTH_CACHE_SECONDS", default_value_t = 5)]
     pub auth_cache_seconds: u64,

@@ -56,6 +56,7 @@ async fn openapi_covers_every_route(backend: Backend) {
         ("/api/organizations/invites/{id}/accept/", &["post"]),
         ("/api/tracing/traces/", &["get", "post"]),
         ("/api/tracing/traces/list/", &["get"]),
+        ("/api/tracing/ingest/", &["post"]),
         ("/api/tracing/traces/{trace_id}/", &["get", "patch"]),
         ("/api/tracing/traces/{trace_id}/end/", &["post"]),
         ("/api/tracing/spans/", &["get", "post"]),

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per part of the API.
 
 pub mod agents;
+pub mod batch;
 pub mod formats;
 pub mod organizations;
 pub mod toolbox;

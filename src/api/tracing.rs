@@ -70,7 +70,7 @@ impl From<QueryError> for ApiError {
     }
 }
 
-fn limits(state: &AppState) -> Limits {
+pub(crate) fn limits(state: &AppState) -> Limits {
     Limits { max_text_bytes: state.settings.max_text_field_bytes }
 }
 

@@ -42,6 +42,7 @@ pub fn test_settings(data_dir: &Path, database_url: Option<String>) -> ServeSett
         secret_key: None,
         max_body_bytes: 4 * 1024 * 1024,
         max_text_field_bytes: 256 * 1024,
+        batch_max_events: 1000,
         auth_cache_seconds: 5,
         invite_ttl_hours: 168,
         shutdown_timeout_seconds: 5,
