@@ -47,7 +47,7 @@ fn update_id(body: &Value) -> Result<String, Invalid> {
 }
 
 /// Turns one event into the write its single endpoint would make, with the
-/// object's id and the status that endpoint would answer.
+/// object's id and the status that endpoint would return.
 fn event_write(event: &Value, limits: validate::Limits, now: i64) -> Result<(Write, String, &'static str, u16), Invalid> {
     let Value::Object(event) = event else {
         return Err(invalid("non_field_errors", format!("Expected an object, but got {}.", json_type_name(event))));
