@@ -10,6 +10,10 @@
 //! its own trace. Every span is one POST and one PATCH, on keep-alive
 //! connections.
 //!
+//! With `--batch-size N`, the same writes go to /api/tracing/ingest/ in
+//! batches of about N events, and spans count as stored or closed by the
+//! per-event results.
+//!
 //! It stops by itself after `--duration-seconds` or `--spans`, whichever
 //! comes first, and prints a text report, or JSON with `--json`.
 //!
@@ -68,6 +72,11 @@ struct Settings {
     #[arg(long, default_value_t = 2048)]
     text_bytes: usize,
 
+    /// Send the harness's writes in batches of this many events through
+    /// /api/tracing/ingest/ instead of one request each (0: one request each).
+    #[arg(long, default_value_t = 0)]
+    batch_size: usize,
+
     /// Times each analytic query this many times after the load (0: none).
     #[arg(long, default_value_t = 0)]
     query_rounds: u64,
@@ -118,6 +127,8 @@ async fn time_queries(http: &reqwest::Client, base: &str, key: &str, rounds: u64
 struct Counters {
     requests: AtomicU64,
     spans_opened: AtomicU64,
+    /// Span creates that the server acknowledged: the spans it stores.
+    spans_stored: AtomicU64,
     spans_closed: AtomicU64,
     traces: AtomicU64,
     stop: AtomicBool,
@@ -134,6 +145,9 @@ struct Client {
     limiter: Option<Arc<RateLimiter>>,
     text: String,
     span_limit: u64,
+    /// Events per batch request; 0 sends every write as its own request.
+    batch_size: usize,
+    pending: Vec<Value>,
 }
 
 /// Spreads `rps` requests per second over all clients.
@@ -165,8 +179,37 @@ impl Client {
             || (self.span_limit > 0 && self.counters.spans_opened.load(Ordering::Relaxed) >= self.span_limit)
     }
 
-    /// Sends one request and records its latency and status. Returns false on a transport error.
+    /// Sends one write, or queues it as a batch event in batch mode. Returns
+    /// whether the server acknowledged it (always true once queued).
     async fn send(&mut self, method: reqwest::Method, path: &str, body: Value) -> bool {
+        if self.batch_size > 0 {
+            self.pending.push(batch_event(&method, path, body));
+            return true;
+        }
+        self.request(method, path, body).await.0
+    }
+
+    /// Sends the queued batch events as one request and counts the spans
+    /// that the per-event results acknowledge.
+    async fn flush_batch(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.pending);
+        let (_, results) = self.request(reqwest::Method::POST, "/api/tracing/ingest/", json!({ "events": events })).await;
+        let results = results.as_ref().and_then(|r| r["results"].as_array());
+        for result in results.into_iter().flatten() {
+            match (result["type"].as_str(), result["status"].as_u64()) {
+                (Some("span.create"), Some(201)) => self.counters.spans_stored.fetch_add(1, Ordering::Relaxed),
+                (Some("span.update"), Some(200)) => self.counters.spans_closed.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+    }
+
+    /// Sends one request and records its latency and status. Returns whether
+    /// it succeeded, and its JSON body in batch mode.
+    async fn request(&mut self, method: reqwest::Method, path: &str, body: Value) -> (bool, Option<Value>) {
         if let Some(limiter) = &self.limiter {
             limiter.wait().await;
         }
@@ -178,11 +221,15 @@ impl Client {
             .json(&body)
             .send()
             .await;
+        let mut parsed = None;
         let status = match result {
             Ok(response) => {
                 let status = response.status().as_u16().to_string();
                 // Read the body so the connection is reused.
-                let _ = response.bytes().await;
+                let bytes = response.bytes().await.unwrap_or_default();
+                if self.batch_size > 0 {
+                    parsed = serde_json::from_slice(&bytes).ok();
+                }
                 status
             }
             Err(err) if err.is_timeout() => "timeout".to_string(),
@@ -195,16 +242,21 @@ impl Client {
         }
         let ok = status.starts_with('2');
         *self.counters.statuses.lock().unwrap().entry(status).or_default() += 1;
-        ok
+        (ok, parsed)
     }
 
     async fn open_span(&mut self, span: Value) -> bool {
         self.counters.spans_opened.fetch_add(1, Ordering::Relaxed);
-        self.send(reqwest::Method::POST, "/api/tracing/spans/", span).await
+        let ok = self.send(reqwest::Method::POST, "/api/tracing/spans/", span).await;
+        if ok && self.batch_size == 0 {
+            self.counters.spans_stored.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 
     async fn close_span(&mut self, id: &str, body: Value) {
-        if self.send(reqwest::Method::PATCH, &format!("/api/tracing/spans/{id}/"), body).await {
+        let ok = self.send(reqwest::Method::PATCH, &format!("/api/tracing/spans/{id}/"), body).await;
+        if ok && self.batch_size == 0 {
             self.counters.spans_closed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -306,8 +358,24 @@ impl Client {
             } else {
                 self.session(&agent).await;
             }
+            if self.batch_size > 0 && self.pending.len() >= self.batch_size {
+                self.flush_batch().await;
+            }
         }
+        self.flush_batch().await;
     }
+}
+
+/// The batch event of one single-endpoint write: a POST creates, a PATCH of
+/// `/<kind>/<id>/` updates and names the id in the body.
+fn batch_event(method: &reqwest::Method, path: &str, mut body: Value) -> Value {
+    let kind = if path.starts_with("/api/tracing/traces/") { "trace" } else { "span" };
+    if *method == reqwest::Method::POST {
+        return json!({"type": format!("{kind}.create"), "body": body});
+    }
+    let id = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    body["id"] = json!(id);
+    json!({"type": format!("{kind}.update"), "body": body})
 }
 
 async fn create_key(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
@@ -351,6 +419,7 @@ async fn main() -> anyhow::Result<()> {
     let counters = Arc::new(Counters {
         requests: AtomicU64::new(0),
         spans_opened: AtomicU64::new(0),
+        spans_stored: AtomicU64::new(0),
         spans_closed: AtomicU64::new(0),
         traces: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -375,6 +444,8 @@ async fn main() -> anyhow::Result<()> {
             limiter: limiter.clone(),
             text: text.clone(),
             span_limit: settings.spans,
+            batch_size: settings.batch_size,
+            pending: Vec::new(),
         };
         tasks.push(tokio::spawn(client.run(settings.eval_share, index)));
     }
@@ -409,7 +480,9 @@ async fn main() -> anyhow::Result<()> {
         "requests": requests,
         "requests_per_second": requests as f64 / elapsed,
         "traces": counters.traces.load(Ordering::Relaxed),
+        "batch_size": settings.batch_size,
         "spans_opened": counters.spans_opened.load(Ordering::Relaxed),
+        "spans_stored": counters.spans_stored.load(Ordering::Relaxed),
         "spans_acknowledged": spans_closed,
         "spans_per_second": spans_closed as f64 / elapsed,
         "latency_ms": {"p50": millis(0.50), "p90": millis(0.90), "p99": millis(0.99), "max": histogram.max() as f64 / 1000.0},
