@@ -86,7 +86,7 @@ struct Settings {
     json: bool,
 }
 
-/// The analytic queries that `--query-rounds` times, by name.
+/// Lists the analytic queries that `--query-rounds` times, by name.
 fn analytic_queries() -> Vec<(&'static str, String)> {
     let month_ago = chrono::Utc::now() - chrono::Duration::days(30);
     let start = month_ago.format("%Y-%m-%dT%H:%M:%SZ");
@@ -366,7 +366,7 @@ impl Client {
     }
 }
 
-/// The batch event of one single-endpoint write: a POST creates, a PATCH of
+/// Converts one single-endpoint write into its batch event: a POST creates, a PATCH of
 /// `/<kind>/<id>/` updates and names the id in the body.
 fn batch_event(method: &reqwest::Method, path: &str, mut body: Value) -> Value {
     let kind = if path.starts_with("/api/tracing/traces/") { "trace" } else { "span" };
