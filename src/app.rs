@@ -51,6 +51,10 @@ impl std::ops::Deref for AppState {
     tags(
         (name = "organizations", description = "Accounts, organizations, API keys, members and invites"),
         (name = "tracing", description = "Trace and span ingestion and reads"),
+        (name = "templates", description = "Templates that blueprint agents"),
+        (name = "agents", description = "Agents, their lifecycle, tags and harness configuration"),
+        (name = "toolbox", description = "Adapters, tools and per-template adapter configs"),
+        (name = "usage", description = "Usage records, summaries and model prices"),
     ),
     modifiers(&SecuritySchemes),
     security(("api_key" = []), ("token" = []))

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use common::{Backend, TestServer};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// One generated trace, as the test expects the server to see it.
 #[derive(Debug, Clone)]
