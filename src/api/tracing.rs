@@ -158,7 +158,7 @@ async fn update_trace(
 
 /// End a trace: `ended_at` defaults to now; `error` and `metadata` are optional.
 #[utoipa::path(post, path = "/api/tracing/traces/{trace_id}/end/", tag = "tracing",
-    params(("trace_id" = String, Path)), request_body(content = Object, description = "Optional `ended_at`, `error`, `metadata`"),
+    params(("trace_id" = String, Path)), request_body(content = Option<Object>, description = "Optional `ended_at`, `error`, `metadata`"),
     responses((status = 200, description = "The trace"), (status = 400)))]
 async fn end_trace(
     State(state): State<AppState>,
@@ -252,7 +252,7 @@ async fn update_span(
 
 /// End a span: `ended_at` defaults to now.
 #[utoipa::path(post, path = "/api/tracing/spans/{span_id}/end/", tag = "tracing",
-    params(("span_id" = String, Path)), request_body(content = Object, description = "Optional `ended_at`, `output_text`, `error`, `metadata`"),
+    params(("span_id" = String, Path)), request_body(content = Option<Object>, description = "Optional `ended_at`, `output_text`, `error`, `metadata`"),
     responses((status = 200, description = "The span"), (status = 400)))]
 async fn end_span(
     State(state): State<AppState>,
@@ -278,7 +278,7 @@ async fn existing_span(state: &AppState, principal: &Principal, span_id: &str) -
 
 /// Flag a span for review, with an optional `reason`.
 #[utoipa::path(post, path = "/api/tracing/spans/{span_id}/flag/", tag = "tracing",
-    params(("span_id" = String, Path)), request_body(content = Object, description = "Optional `reason`"),
+    params(("span_id" = String, Path)), request_body(content = Option<Object>, description = "Optional `reason`"),
     responses((status = 200, description = "The span"), (status = 404)))]
 async fn flag_span(
     State(state): State<AppState>,
