@@ -50,7 +50,7 @@ impl ApiError {
         Self::field(name, "This field is required.")
     }
 
-    /// A 404 naming the field whose reference the caller cannot see.
+    /// Builds a 404 naming the field whose reference the caller cannot see.
     pub fn unknown_reference(name: impl Into<String>, message: impl Into<String>) -> Self {
         let mut fields = BTreeMap::new();
         fields.insert(name.into(), vec![message.into()]);

@@ -25,7 +25,7 @@ struct Toolbox {
     adapter_config: String,
 }
 
-/// A weather adapter with one tool and a secret, enabled on a template named `name`.
+/// Creates a weather adapter with one tool and a secret, enabled on a template named `name`.
 async fn weather_toolbox(server: &TestServer, key: &str, name: &str) -> Toolbox {
     let (status, adapter) = server
         .post(

@@ -159,7 +159,7 @@ impl TraceView {
         }
     }
 
-    /// Whether the trace or any of its spans carries an error.
+    /// Reports whether the trace or any of its spans carries an error.
     pub fn has_error(&self) -> bool {
         self.fields.error.as_ref().is_some_and(|e| !e.is_empty()) || self.totals.error_count > 0
     }

@@ -436,7 +436,7 @@ pub struct AgentOut {
     recent_transitions: Option<Vec<TransitionOut>>,
 }
 
-/// The status as the API shows it: a sleeper whose time has come is `due_to_wake`.
+/// Returns the status as the API shows it: a sleeper whose time has come is `due_to_wake`.
 pub fn shown_status(agent: &Agent, now: i64) -> String {
     match (agent.status.as_str(), agent.sleep_until) {
         ("sleeping", Some(until)) if until <= now => "due_to_wake".into(),
@@ -565,7 +565,7 @@ async fn resolve_template(state: &AppState, org_id: &str, reference: &str) -> Ap
     }
 }
 
-/// The template's adapter configs as copied onto an agent.
+/// Copies the template's adapter configs into an agent's snapshot.
 async fn adapter_snapshot(state: &AppState, template: &Template) -> ApiResult<Value> {
     let enabled = state.control.template_adapters(&template.organization_id, &template.id).await?;
     let entries = enabled
@@ -931,7 +931,7 @@ async fn list_transitions(
 
 // ---- harness-config ----
 
-/// What the harness boots with: the agent's snapshot and, per adapter, its enabled tools.
+/// Get the configuration a harness boots with: the agent's snapshot and, per adapter, its enabled tools.
 #[utoipa::path(get, path = "/api/cloud/agents/{id}/harness-config/", tag = "agents", params(("id" = String, Path)),
     responses((status = 200, description = "`{id, model, system_prompt, reasoning_effort?, max_tokens?, adapters: [{name, tools}]}`"),
         (status = 404)))]

@@ -306,7 +306,7 @@ pub struct ToolIn {
     /// A JSON Schema of `"type": "object"` for the tool's arguments.
     #[schema(value_type = Option<Object>)]
     parameters: Option<Value>,
-    /// Where the harness POSTs a call: an http(s) URL or a path on this server.
+    /// The address the harness POSTs a call to: an http(s) URL or a path on this server.
     url: Option<String>,
     /// Seconds the harness waits for the tool; 30 by default, at most 3600.
     timeout_seconds: Option<f64>,

@@ -237,7 +237,7 @@ macro_rules! on_both_backends {
     };
 }
 
-/// A loopback port that was free a moment ago, for a server started as a separate process.
+/// Returns a loopback port that was free a moment ago, for a server started as a separate process.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -37,7 +37,7 @@ pub const KIND_TRACE: &str = "trace";
 pub const KIND_SPAN: &str = "span";
 pub const KIND_USAGE: &str = "usage";
 
-/// The static name of a kind read back from a segment.
+/// Maps a kind read back from a segment to its static name.
 fn kind_of(text: &str) -> Result<&'static str, StoreError> {
     match text {
         KIND_TRACE => Ok(KIND_TRACE),
