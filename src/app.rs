@@ -134,6 +134,7 @@ fn load_secret_box(settings: &ServeSettings) -> anyhow::Result<SecretBox> {
     }
     let key = SecretBox::generate_hex();
     write_private_file(&path, &key)?;
+    tracing::info!(path = %path.display(), "generated a secret key for provider and adapter secrets; back it up with the data directory");
     SecretBox::from_hex(&key).map_err(|err| anyhow::anyhow!(err))
 }
 
