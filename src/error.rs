@@ -57,6 +57,15 @@ impl ApiError {
         ApiError::NotFoundFields(fields)
     }
 
+    /// Maps a uniqueness conflict of the store to a validation error on
+    /// `field`, and any other store error as usual.
+    pub fn unique_field(field: &'static str, message: &'static str) -> impl Fn(StoreError) -> ApiError {
+        move |err| match err {
+            StoreError::Conflict(_) => ApiError::field(field, message),
+            other => other.into(),
+        }
+    }
+
     pub fn forbidden() -> Self {
         ApiError::Forbidden("You do not have permission to perform this action.".into())
     }

@@ -1,5 +1,5 @@
-//! Behaviour of `POST /api/tracing/ingest/`: the recorded harness session
-//! sent as one batch reads back exactly as when sent request by request;
+//! Behaviour of `POST /api/tracing/ingest/`. The recorded harness session
+//! sent as one batch reads back exactly as when sent request by request, and
 //! invalid events are reported one by one without blocking the rest.
 
 mod common;

@@ -227,6 +227,22 @@ impl UsageQueries {
         Ok(SessionContext::new().read_table(Arc::new(table))?)
     }
 
+    /// Reads back posted records by id, merged and priced, in the order of
+    /// `ids`. Each lookup goes to the buffer and the segments whose Bloom
+    /// filters may hold the id, not to every record of the organization.
+    pub async fn posted(&self, organization_id: &str, ids: &[String]) -> Result<Vec<Value>, QueryError> {
+        let prices = self.prices.book(organization_id).await?;
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(state) = self.store.usage(organization_id, id).await? {
+                let mut record = UsageRecord::from_posted(id, &state.resolve(), state.first_seen);
+                record.price(&prices);
+                records.push(record.to_json());
+            }
+        }
+        Ok(records)
+    }
+
     /// Finds one record by id.
     pub async fn get(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
         let records = self.records(organization_id).await?;

@@ -245,13 +245,6 @@ fn check_template(state: &AppState, input: &TemplateIn, settings: &SettingsIn, p
     errors.finish()
 }
 
-fn duplicate_template_name(err: StoreError) -> ApiError {
-    match err {
-        StoreError::Conflict(_) => ApiError::field("name", "A template with this name already exists."),
-        other => other.into(),
-    }
-}
-
 /// List templates, oldest first; `?name=` finds one by its exact name.
 #[utoipa::path(get, path = "/api/templates/", tag = "templates",
     params(("name" = Option<String>, Query), ("page" = Option<i64>, Query), ("page_size" = Option<i64>, Query)),
@@ -294,7 +287,7 @@ async fn create_template(
         created_at: now,
         updated_at: now,
     };
-    state.control.insert_template(&template).await.map_err(duplicate_template_name)?;
+    state.control.insert_template(&template).await.map_err(ApiError::unique_field("name", "A template with this name already exists."))?;
     tracing::info!(template_id = %template.id, "template created");
     Ok((StatusCode::CREATED, Json(to_json(TemplateOut::from(&template)))).into_response())
 }
@@ -330,7 +323,7 @@ async fn write_template(state: &AppState, principal: &Principal, id: &str, mut i
         updated_at: now_micros(),
         ..current
     };
-    state.control.update_template(&template).await.map_err(duplicate_template_name)?;
+    state.control.update_template(&template).await.map_err(ApiError::unique_field("name", "A template with this name already exists."))?;
     Ok(Json(to_json(TemplateOut::from(&template))))
 }
 

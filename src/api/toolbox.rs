@@ -157,13 +157,6 @@ fn check_adapter(state: &AppState, input: &AdapterIn, partial: bool) -> ApiResul
     errors.finish()
 }
 
-fn duplicate_name(kind: &'static str) -> impl Fn(StoreError) -> ApiError {
-    move |err| match err {
-        StoreError::Conflict(_) => ApiError::field("name", format!("{kind} with this name already exists.")),
-        other => other.into(),
-    }
-}
-
 /// List adapters, oldest first.
 #[utoipa::path(get, path = "/api/toolbox/adapters/", tag = "toolbox",
     params(("page" = Option<i64>, Query), ("page_size" = Option<i64>, Query)),
@@ -190,7 +183,7 @@ async fn create_adapter(State(state): State<AppState>, principal: Principal, Jso
         created_at: now,
         updated_at: now,
     };
-    state.control.insert_adapter(&adapter).await.map_err(duplicate_name("An adapter"))?;
+    state.control.insert_adapter(&adapter).await.map_err(ApiError::unique_field("name", "An adapter with this name already exists."))?;
     tracing::info!(adapter_id = %adapter.id, "adapter created");
     Ok((StatusCode::CREATED, Json(to_json(AdapterOut::from(&adapter)))).into_response())
 }
@@ -215,7 +208,7 @@ async fn write_adapter(state: &AppState, principal: &Principal, id: &str, input:
         updated_at: now_micros(),
         ..current
     };
-    state.control.update_adapter(&adapter).await.map_err(duplicate_name("An adapter"))?;
+    state.control.update_adapter(&adapter).await.map_err(ApiError::unique_field("name", "An adapter with this name already exists."))?;
     Ok(Json(to_json(AdapterOut::from(&adapter))))
 }
 
@@ -377,13 +370,6 @@ fn check_url(errors: &mut FieldErrors, url: &str) {
     }
 }
 
-fn duplicate_tool_name(err: StoreError) -> ApiError {
-    match err {
-        StoreError::Conflict(_) => ApiError::field("name", "This adapter already has a tool with this name."),
-        other => other.into(),
-    }
-}
-
 /// List tools, oldest first; `?adapter=<id>` keeps one adapter's.
 #[utoipa::path(get, path = "/api/toolbox/tools/", tag = "toolbox",
     params(("adapter" = Option<String>, Query), ("page" = Option<i64>, Query), ("page_size" = Option<i64>, Query)),
@@ -416,7 +402,7 @@ async fn create_tool(State(state): State<AppState>, principal: Principal, JsonBo
         created_at: now,
         updated_at: now,
     };
-    state.control.insert_tool(&tool).await.map_err(duplicate_tool_name)?;
+    state.control.insert_tool(&tool).await.map_err(ApiError::unique_field("name", "This adapter already has a tool with this name."))?;
     tracing::info!(tool_id = %tool.id, "tool created");
     Ok((StatusCode::CREATED, Json(to_json(ToolOut::from(&tool)))).into_response())
 }
@@ -454,7 +440,7 @@ async fn write_tool(state: &AppState, principal: &Principal, id: &str, input: To
         updated_at: now_micros(),
         ..current
     };
-    state.control.update_tool(&tool).await.map_err(duplicate_tool_name)?;
+    state.control.update_tool(&tool).await.map_err(ApiError::unique_field("name", "This adapter already has a tool with this name."))?;
     Ok(Json(to_json(ToolOut::from(&tool))))
 }
 
@@ -607,13 +593,6 @@ fn seal_config(
     Ok((plain, sealed))
 }
 
-fn duplicate_adapter_config(err: StoreError) -> ApiError {
-    match err {
-        StoreError::Conflict(_) => ApiError::field("non_field_errors", "This adapter is already enabled on this template."),
-        other => other.into(),
-    }
-}
-
 async fn visible_template(state: &AppState, org_id: &str, id: &str) -> ApiResult<String> {
     match state.control.template(org_id, id).await {
         Ok(template) => Ok(template.id),
@@ -676,7 +655,7 @@ async fn create_adapter_config(
         created_at: now,
         updated_at: now,
     };
-    state.control.insert_adapter_config(&row).await.map_err(duplicate_adapter_config)?;
+    state.control.insert_adapter_config(&row).await.map_err(ApiError::unique_field("non_field_errors", "This adapter is already enabled on this template."))?;
     tracing::info!(adapter_config_id = %row.id, "adapter config created");
     Ok((StatusCode::CREATED, Json(to_json(AdapterConfigOut::from(&row)))).into_response())
 }
@@ -708,7 +687,7 @@ async fn write_adapter_config(
     let keep = (adapter.id == current.adapter_id).then_some(&current);
     let (config, secrets) = seal_config(state, &adapter, keep, input.config, partial)?;
     let row = AdapterConfig { template_id, adapter_id: adapter.id, config, secrets, updated_at: now_micros(), ..current.clone() };
-    state.control.update_adapter_config(&row).await.map_err(duplicate_adapter_config)?;
+    state.control.update_adapter_config(&row).await.map_err(ApiError::unique_field("non_field_errors", "This adapter is already enabled on this template."))?;
     Ok(Json(to_json(AdapterConfigOut::from(&row))))
 }
 

@@ -18,7 +18,6 @@ use bedrock_store::control::PriceOverride;
 use bedrock_store::events::model::{Batch, Op, Write};
 use bedrock_store::events::pricing::Price;
 use bedrock_store::events::usage::Money;
-use bedrock_store::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -180,9 +179,7 @@ async fn create_usage(State(state): State<AppState>, principal: Principal, JsonV
 
     let batch = Batch { organization_id: principal.organization_id.clone(), received_at: now_micros(), writes };
     state.ingest.write(batch).await?;
-    let records = state.usage.records(&principal.organization_id).await.map_err(query_error)?;
-    let by_id: std::collections::HashMap<&str, Value> = records.iter().map(|r| (r.id.as_str(), r.to_json())).collect();
-    let written: Vec<Value> = ids.iter().filter_map(|id| by_id.get(id.as_str()).cloned()).collect();
+    let written = state.usage.posted(&principal.organization_id, &ids).await.map_err(query_error)?;
     let body = if many { json!({ "records": written }) } else { written.into_iter().next().unwrap_or(Value::Null) };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -328,13 +325,6 @@ fn build_price(input: PriceIn, current: Option<&PriceOverride>) -> ApiResult<(St
     Ok((model, price))
 }
 
-fn duplicate_model(err: StoreError) -> ApiError {
-    match err {
-        StoreError::Conflict(_) => ApiError::field("model", "This organization already has a price for this model."),
-        other => other.into(),
-    }
-}
-
 /// List this organization's price overrides.
 #[utoipa::path(get, path = "/api/cloud/model-prices/", tag = "usage",
     params(("page" = Option<i64>, Query), ("page_size" = Option<i64>, Query)),
@@ -361,7 +351,7 @@ async fn create_price(State(state): State<AppState>, principal: Principal, JsonB
         created_at: now,
         updated_at: now,
     };
-    state.control.insert_price(&row).await.map_err(duplicate_model)?;
+    state.control.insert_price(&row).await.map_err(ApiError::unique_field("model", "This organization already has a price for this model."))?;
     state.prices.invalidate(&principal.organization_id);
     tracing::info!(price_id = %row.id, "model price override created");
     Ok((StatusCode::CREATED, Json(price_out(&row))).into_response())
@@ -379,7 +369,7 @@ async fn write_price(state: &AppState, principal: &Principal, id: &str, input: P
     let current = state.control.price(&principal.organization_id, id).await?;
     let (model, price) = build_price(input, partial.then_some(&current))?;
     let row = PriceOverride { model, price, updated_at: now_micros(), ..current };
-    state.control.update_price(&row).await.map_err(duplicate_model)?;
+    state.control.update_price(&row).await.map_err(ApiError::unique_field("model", "This organization already has a price for this model."))?;
     state.prices.invalidate(&principal.organization_id);
     Ok(Json(price_out(&row)))
 }

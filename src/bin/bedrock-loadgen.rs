@@ -17,10 +17,11 @@
 //! It stops by itself after `--duration-seconds` or `--spans`, whichever
 //! comes first, and prints a text report, or JSON with `--json`.
 //!
-//! With `--query-rounds N`, it then runs each analytic query (the trace list
-//! unfiltered, by agent and by a metadata key, the usage list, and the usage
-//! summary by model and day over 30 days) N times one after another, and
-//! reports each one's latency percentiles. `--clients 0` skips the load.
+//! With `--query-rounds N`, it then runs each analytic query N times one
+//! after another and reports each one's latency percentiles. The queries are
+//! the trace list (unfiltered, by agent and by a metadata key), the usage
+//! list, and the usage summary by model and day over 30 days. `--clients 0`
+//! skips the load.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -264,7 +264,9 @@ impl ControlPlane {
         .bind(agent.updated_at)
         .execute(&mut *tx)
         .await?;
+
         replace_tags(&mut tx, &agent.id, &agent.tags, agent.created_at).await?;
+
         sqlx::query(
             "INSERT INTO agent_transitions (agent_id, seq, action, from_status, to_status, at) \
              VALUES ($1, 1, 'create', '', $2, $3)",

@@ -52,7 +52,7 @@ impl Conditions {
         self.clauses.join(" AND ")
     }
 
-    /// The placeholder number the next bound value gets.
+    /// Returns the placeholder number of the next bound value.
     pub fn next_placeholder(&self) -> usize {
         self.binds.len() + 1
     }

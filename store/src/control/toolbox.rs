@@ -1,7 +1,7 @@
 //! The toolbox: adapters, the tools each adapter offers, and adapter configs,
 //! which enable an adapter on a template with that template's settings.
 //!
-//! Secret config values arrive here already encrypted; this module never sees
+//! Secret config values arrive here already encrypted; this module never handles
 //! a plaintext secret.
 
 use serde_json::{Map, Value};
@@ -322,7 +322,7 @@ impl ControlPlane {
         delete_one(self, "adapter_configs", org_id, id).await
     }
 
-    /// The adapters enabled on a template, with their configs, in the order they were enabled.
+    /// Returns the adapters enabled on a template, with their configs, in the order they were enabled.
     pub async fn template_adapters(&self, org_id: &str, template_id: &str) -> Result<Vec<EnabledAdapter>, StoreError> {
         let rows = sqlx::query(
             "SELECT c.adapter_id, a.name, c.config, c.secrets FROM adapter_configs c \
