@@ -176,8 +176,9 @@ pub struct EventStore {
     inner: Mutex<Inner>,
     /// One flush or compaction at a time.
     maintenance: tokio::sync::Mutex<()>,
-    /// Held by reads while they scan segment files, and exclusively by
-    /// compaction while it deletes the files it replaced.
+    /// Held by reads from their segment scan until they have read memory,
+    /// and exclusively by a flush while it moves a generation into a segment
+    /// and by compaction while it deletes the files it replaced.
     files: tokio::sync::RwLock<()>,
     context: SessionContext,
 }
@@ -291,6 +292,10 @@ impl EventStore {
             .map_err(StoreError::internal)?
         };
 
+        // Readers hold `files` from their segment scan until they have read
+        // memory, so the generation never moves from memory to a new segment
+        // between the two and a read never misses it.
+        let _files = self.files.write().await;
         let mut inner = self.lock();
         match written {
             Ok(file) => {
@@ -402,6 +407,7 @@ impl EventStore {
 
     /// Returns the merged state of one trace.
     pub async fn trace(&self, organization_id: &str, id: &str) -> Result<Option<TraceState>, StoreError> {
+        let _files = self.files.read().await;
         let filter = col("organization_id")
             .eq(lit(organization_id))
             .and(col("kind").eq(lit(KIND_TRACE)))
@@ -419,6 +425,7 @@ impl EventStore {
 
     /// Returns the merged state of one span.
     pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<SpanState>, StoreError> {
+        let _files = self.files.read().await;
         let filter = col("organization_id")
             .eq(lit(organization_id))
             .and(col("kind").eq(lit(KIND_SPAN)))
@@ -440,6 +447,8 @@ impl EventStore {
         organization_id: &str,
         trace_id: &str,
     ) -> Result<HashMap<String, SpanState>, StoreError> {
+        let _files = self.files.read().await;
+
         // Span ids known to belong to the trace, from memory and segments.
         let mut ids: HashSet<String> = HashSet::new();
         let trace_key = (organization_id.to_string(), trace_id.to_string());
@@ -488,6 +497,7 @@ impl EventStore {
 
     /// Returns every trace, span and usage record of an organization, merged.
     pub async fn all(&self, organization_id: &str) -> Result<Objects, StoreError> {
+        let _files = self.files.read().await;
         let rows = self.scan(col("organization_id").eq(lit(organization_id))).await?;
         let mut trace_rows = Vec::new();
         let mut span_rows = Vec::new();
@@ -514,6 +524,7 @@ impl EventStore {
 
     /// Returns the merged state of one usage record posted by a client.
     pub async fn usage(&self, organization_id: &str, id: &str) -> Result<Option<UsageState>, StoreError> {
+        let _files = self.files.read().await;
         let filter = col("organization_id")
             .eq(lit(organization_id))
             .and(col("kind").eq(lit(KIND_USAGE)))
@@ -538,13 +549,13 @@ impl EventStore {
         visit(&inner.buffer);
     }
 
-    /// Scans the segments that `select` keeps for rows matching `filter`, in segment order.
+    /// Scans the segments that `select` keeps for rows matching `filter`, in
+    /// segment order. The caller holds `files` for reading.
     async fn scan_where(
         &self,
         select: impl Fn(&SegmentFile) -> bool,
         filter: Expr,
     ) -> Result<Vec<SegmentRow>, StoreError> {
-        let _files = self.files.read().await;
         let paths: Vec<String> = {
             let inner = self.lock();
             inner.segments.iter().filter(|s| select(s)).map(|s| s.path.to_string_lossy().to_string()).collect()
