@@ -55,6 +55,7 @@ impl std::ops::Deref for AppState {
         (name = "agents", description = "Agents, their lifecycle, tags and harness configuration"),
         (name = "toolbox", description = "Adapters, tools and per-template adapter configs"),
         (name = "usage", description = "Usage records, summaries and model prices"),
+        (name = "evaluations", description = "Trace reviews, eval cases, and checkpoint and review summaries"),
     ),
     modifiers(&SecuritySchemes),
     security(("api_key" = []), ("token" = []))
@@ -162,6 +163,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::api::agents::router())
         .merge(crate::api::toolbox::router())
         .merge(crate::api::usage::router())
+        .merge(crate::api::evals::router())
         .split_for_parts();
     let openapi = Arc::new(openapi);
     let max_body = state.settings.max_body_bytes;

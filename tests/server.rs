@@ -87,6 +87,12 @@ async fn openapi_covers_every_route(backend: Backend) {
         ("/api/cloud/agents/{id}/usage/", &["get"]),
         ("/api/cloud/model-prices/", &["get", "post"]),
         ("/api/cloud/model-prices/{id}/", &["get", "put", "patch", "delete"]),
+        ("/api/tracing/traces/{trace_id}/reviews/", &["get", "post"]),
+        ("/api/tracing/reviews/{review_id}/", &["get", "patch"]),
+        ("/api/tracing/reviews/summary/", &["get"]),
+        ("/api/tracing/evals/", &["get", "post"]),
+        ("/api/tracing/evals/{eval_id}/", &["get", "patch", "delete"]),
+        ("/api/tracing/checkpoints/summary/", &["get"]),
     ];
     for (path, methods) in expected {
         let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));

@@ -1,5 +1,6 @@
 //! The read side: API views of traces and spans, and the queries over them.
 
+pub mod evals;
 pub mod prices;
 pub mod table;
 pub mod trace_list;
@@ -7,6 +8,7 @@ pub mod traces;
 pub mod usage;
 pub mod views;
 
+pub use evals::{EvalFilter, EvalGroup, EvalQueries};
 pub use prices::Prices;
 pub use traces::{ListPage, QueryError, TraceQueries};
 pub use usage::{UsageCursor, UsageFilter, UsageQueries};

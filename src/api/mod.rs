@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod batch;
+pub mod evals;
 pub mod formats;
 pub mod organizations;
 pub mod toolbox;

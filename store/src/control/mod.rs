@@ -11,6 +11,7 @@
 mod accounts;
 mod agents;
 mod credentials;
+mod evals;
 mod invites;
 mod prices;
 mod sql;
@@ -18,6 +19,7 @@ mod toolbox;
 
 pub use accounts::{NewOrganization, NewUser, OrganizationUpdate};
 pub use agents::{Agent, AgentFilter, Template, Transition, TransitionOutcome, TransitionRequest};
+pub use evals::{AgentFacts, EvalCase, Review};
 pub use invites::InviteAcceptance;
 pub use prices::PriceOverride;
 pub use toolbox::{Adapter, AdapterConfig, EnabledAdapter, Tool};
