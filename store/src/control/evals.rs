@@ -180,22 +180,31 @@ impl ControlPlane {
     // ---- reviews ----
 
     pub async fn insert_review(&self, review: &Review) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO trace_reviews (id, organization_id, trace_id, reviewer_id, source, criterion_scores, comment, \
-             eval_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&review.id)
-        .bind(&review.organization_id)
-        .bind(&review.trace_id)
-        .bind(review.reviewer_id.as_deref())
-        .bind(&review.source)
-        .bind(Value::Object(review.criterion_scores.clone()).to_string())
-        .bind(&review.comment)
-        .bind(review.eval_id.as_deref())
-        .bind(review.created_at)
-        .bind(review.updated_at)
-        .execute(self.pool())
-        .await?;
+        self.insert_reviews(std::slice::from_ref(review)).await
+    }
+
+    /// Inserts many reviews in one transaction, for bulk loads.
+    pub async fn insert_reviews(&self, reviews: &[Review]) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for review in reviews {
+            sqlx::query(
+                "INSERT INTO trace_reviews (id, organization_id, trace_id, reviewer_id, source, criterion_scores, \
+                 comment, eval_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&review.id)
+            .bind(&review.organization_id)
+            .bind(&review.trace_id)
+            .bind(review.reviewer_id.as_deref())
+            .bind(&review.source)
+            .bind(Value::Object(review.criterion_scores.clone()).to_string())
+            .bind(&review.comment)
+            .bind(review.eval_id.as_deref())
+            .bind(review.created_at)
+            .bind(review.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 //! so row-group statistics and bloom filters skip what a read does not need.
 
 mod bloom;
+pub mod bulk;
 pub mod merge_patch;
 pub mod model;
 pub mod pricing;

@@ -190,6 +190,11 @@ impl SegmentWriter {
         })
     }
 
+    /// Returns the number of rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
     /// Appends rows, sorted here by organization, trace and id.
     pub fn write(&mut self, mut rows: Vec<SegmentRow>) -> Result<(), StoreError> {
         if rows.is_empty() {
