@@ -97,6 +97,8 @@ fn analytic_queries() -> Vec<(&'static str, String)> {
         ("traces_list_by_metadata", "/api/tracing/traces/list/?page_size=50&metadata__scenario=group_lunch".to_string()),
         ("usage_list", "/api/cloud/usage/?page_size=50".to_string()),
         ("usage_summary_by_model_day", format!("/api/cloud/usage/summary/?group_by=model,day&start={start}")),
+        ("checkpoint_summary_by_git_sha_day", format!("/api/tracing/checkpoints/summary/?group_by=agent_tag:git-sha,day&start={start}")),
+        ("review_summary_by_scenario", "/api/tracing/reviews/summary/?group_by=scenario&agent_purpose=eval".to_string()),
     ]
 }
 
