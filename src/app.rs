@@ -103,6 +103,7 @@ impl AppState {
             flush_events: events.flush_events,
             flush_interval: Duration::from_millis(events.flush_interval_ms),
             compact_segments: events.compact_segments,
+            clickhouse_url: settings.storage.clickhouse_url.clone().filter(|url| !url.is_empty()),
         };
         let ingest = Ingestor::open(&settings.storage.data_dir, ingest_config).await?;
         let prices = Prices::new(control.clone());

@@ -52,6 +52,10 @@ pub struct StorageSettings {
     /// Maximum number of connections to the control-plane database.
     #[arg(long, env = "BEDROCK_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+
+    /// Event store: http://host:8123 (optionally ?database=NAME) for ClickHouse; unset means Parquet segments in the data directory.
+    #[arg(long, env = "CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

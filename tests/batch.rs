@@ -148,4 +148,4 @@ async fn batch_limits_name_the_field(backend: Backend) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-on_both_backends!(batch_equals_single_requests, invalid_events_are_reported_each, batch_limits_name_the_field);
+on_every_deployment!(batch_equals_single_requests, invalid_events_are_reported_each, batch_limits_name_the_field);

@@ -46,7 +46,7 @@ async fn loaded_data_reads_back(backend: Backend) {
     let temp = tempfile::tempdir().unwrap();
     let database_url = match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(fresh_postgres_database().await),
+        Backend::Postgres | Backend::ClickHouse => Some(fresh_postgres_database().await),
     };
     let report = run_datagen(temp.path(), database_url.clone(), "datagen-a@example.com").await;
     let spans = TRACES * (1 + 3 * TURNS);
@@ -88,7 +88,7 @@ async fn loaded_data_reads_back(backend: Backend) {
     let second_dir = tempfile::tempdir().unwrap();
     let second_url = match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(fresh_postgres_database().await),
+        Backend::Postgres | Backend::ClickHouse => Some(fresh_postgres_database().await),
     };
     let again = run_datagen(second_dir.path(), second_url.clone(), "datagen-b@example.com").await;
     let server = TestServer::start_settings(test_settings(second_dir.path(), second_url)).await;

@@ -29,7 +29,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_binary(data_dir: &Path, database_url: Option<&str>, port: u16) -> ServerProcess {
+fn start_binary(data_dir: &Path, database_url: Option<&str>, clickhouse_url: Option<&str>, port: u16) -> ServerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bedrock"));
     command
         .arg("serve")
@@ -43,10 +43,14 @@ fn start_binary(data_dir: &Path, database_url: Option<&str>, port: u16) -> Serve
         .arg("4")
         .env("BEDROCK_LOG", "warn")
         .env_remove("DATABASE_URL")
+        .env_remove("CLICKHOUSE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Some(url) = database_url {
         command.arg("--database-url").arg(url);
+    }
+    if let Some(url) = clickhouse_url {
+        command.arg("--clickhouse-url").arg(url);
     }
     ServerProcess(command.spawn().expect("the bedrock binary starts"))
 }
@@ -55,12 +59,16 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     let temp = tempfile::tempdir().unwrap();
     let database_url = match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(common::fresh_postgres_database().await),
+        Backend::Postgres | Backend::ClickHouse => Some(common::fresh_postgres_database().await),
+    };
+    let clickhouse_url = match backend {
+        Backend::ClickHouse => Some(common::fresh_clickhouse_database().await),
+        _ => None,
     };
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let mut child = start_binary(temp.path(), database_url.as_deref(), port);
+    let mut child = start_binary(temp.path(), database_url.as_deref(), clickhouse_url.as_deref(), port);
     common::wait_ready(&client, &base).await;
 
     let (_, session) = {
@@ -139,7 +147,7 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() > 100, "only {} writes were acknowledged before the kill", acknowledged.len());
 
-    let _restarted = start_binary(temp.path(), database_url.as_deref(), port);
+    let _restarted = start_binary(temp.path(), database_url.as_deref(), clickhouse_url.as_deref(), port);
     common::wait_ready(&client, &base).await;
     let mut checked = 0;
     for (id, closed) in &acknowledged {
@@ -162,4 +170,4 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     assert_eq!(checked, acknowledged.len());
 }
 
-on_both_backends!(acknowledged_writes_survive_kill_9);
+on_every_deployment!(acknowledged_writes_survive_kill_9);

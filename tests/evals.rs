@@ -691,7 +691,7 @@ async fn summaries_reject_unknown_parameters(backend: Backend) {
     assert_eq!(none["totals"]["total"], 0, "`_` is no wildcard");
 }
 
-on_both_backends!(
+on_every_deployment!(
     reviews_are_scored_on_read,
     bad_reviews_name_the_field,
     eval_cases_are_checked,

@@ -287,7 +287,7 @@ async fn csv_and_arrow_answers(backend: Backend) {
     }
 }
 
-on_both_backends!(
+on_every_deployment!(
     filters_match_the_data,
     sorts_order_rows_with_id_tiebreak,
     cursor_pages_survive_new_traces,

@@ -190,7 +190,8 @@ async fn harness_session_survives_flushes_and_restart(backend: Backend) {
 
     // A graceful restart on the same data directory reads the same state.
     let settings = {
-        let mut s = common::test_settings(&server.data_dir, (backend == Backend::Postgres).then(|| server.database_url.clone()));
+        let mut s = common::test_settings(&server.data_dir, (backend != Backend::Sqlite).then(|| server.database_url.clone()));
+        s.storage.clickhouse_url = server.clickhouse_url.clone();
         s.events.flush_interval_ms = 5;
         s
     };
@@ -460,7 +461,7 @@ async fn full_buffer_answers_503_and_loses_nothing(backend: Backend) {
     }
 }
 
-on_both_backends!(
+on_every_deployment!(
     harness_session_round_trips,
     harness_session_survives_flushes_and_restart,
     every_order_ends_in_the_same_state,

@@ -389,7 +389,7 @@ async fn summary_matches_listed_records(backend: Backend) {
     }
 }
 
-on_both_backends!(
+on_every_deployment!(
     llm_spans_become_records,
     posted_costs_sum_exactly,
     missing_costs_are_priced,

@@ -34,6 +34,8 @@ pub struct IngestConfig {
     pub flush_events: usize,
     pub flush_interval: Duration,
     pub compact_segments: usize,
+    /// ClickHouse to flush events to, in place of Parquet segments.
+    pub clickhouse_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +56,32 @@ pub struct Ingestor {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
+/// Returns the id that names this data directory's write-ahead log in a
+/// shared event store, created at the first start.
+fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::create_dir_all(data_dir)?;
+            let temporary = data_dir.join("instance-id.tmp");
+            std::fs::write(&temporary, &id)?;
+            std::fs::File::open(&temporary)?.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            Ok(id)
+        }
+    }
+}
+
 impl Ingestor {
     /// Opens the store and the log under `data_dir`, replays the log, and
     /// starts the background flusher.
     pub async fn open(data_dir: &Path, config: IngestConfig) -> anyhow::Result<Arc<Ingestor>> {
-        let store = Arc::new(EventStore::open(&data_dir.join("events"))?);
+        let store = match &config.clickhouse_url {
+            Some(url) => Arc::new(EventStore::open_clickhouse(url, &instance_id(data_dir)?).await?),
+            None => Arc::new(EventStore::open(&data_dir.join("events"))?),
+        };
         let wal_config = WalConfig {
             dir: data_dir.join("wal"),
             segment_bytes: config.wal_segment_bytes,

@@ -408,6 +408,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: settings.data_dir.clone(),
         database_url: settings.database_url.clone(),
         db_max_connections: 4,
+        clickhouse_url: None,
     };
     let control = bedrock::open_control_plane(&storage).await?;
     let (organization_id, api_key) = create_organization(&control, &settings, now).await?;

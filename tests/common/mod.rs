@@ -16,6 +16,25 @@ use serde_json::{json, Value};
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Postgres for the control plane, ClickHouse for events.
+    ClickHouse,
+}
+
+/// Creates an empty ClickHouse database for one test and returns the URL
+/// that selects it.
+pub async fn fresh_clickhouse_database() -> String {
+    let base = std::env::var("BEDROCK_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| {
+        panic!("BEDROCK_TEST_CLICKHOUSE_URL is not set: run the tests through scripts/test with ClickHouse installed")
+    });
+    let name = format!("bedrock_test_{}", uuid::Uuid::new_v4().simple());
+    let response = reqwest::Client::new()
+        .post(format!("{base}/"))
+        .body(format!("CREATE DATABASE {name}"))
+        .send()
+        .await
+        .expect("the test ClickHouse server answers");
+    assert!(response.status().is_success(), "CREATE DATABASE failed: {}", response.text().await.unwrap_or_default());
+    format!("{base}?database={name}")
 }
 
 /// Creates an empty Postgres database for one test and returns its URL.
@@ -36,7 +55,7 @@ pub async fn fresh_postgres_database() -> String {
 pub fn test_settings(data_dir: &Path, database_url: Option<String>) -> ServeSettings {
     ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        storage: StorageSettings { data_dir: data_dir.to_path_buf(), database_url, db_max_connections: 8 },
+        storage: StorageSettings { data_dir: data_dir.to_path_buf(), database_url, db_max_connections: 8, clickhouse_url: None },
         log_format: LogFormat::Text,
         log: "warn".into(),
         secret_key: None,
@@ -64,6 +83,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// The ClickHouse event store, when the server uses one.
+    pub clickhouse_url: Option<String>,
     _temp: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -78,9 +99,12 @@ impl TestServer {
         let temp = tempfile::tempdir().expect("temporary directory");
         let database_url = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(fresh_postgres_database().await),
+            Backend::Postgres | Backend::ClickHouse => Some(fresh_postgres_database().await),
         };
         let mut settings = test_settings(temp.path(), database_url);
+        if backend == Backend::ClickHouse {
+            settings.storage.clickhouse_url = Some(fresh_clickhouse_database().await);
+        }
         adjust(&mut settings);
         let mut server = Self::start_settings(settings).await;
         server._temp = Some(temp);
@@ -90,6 +114,7 @@ impl TestServer {
     pub async fn start_settings(settings: ServeSettings) -> TestServer {
         let data_dir = settings.storage.data_dir.clone();
         let database_url = settings.storage.control_plane_url();
+        let clickhouse_url = settings.storage.clickhouse_url.clone();
         let server = bedrock::Server::bind(settings).await.expect("server starts");
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -106,6 +131,7 @@ impl TestServer {
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             data_dir,
             database_url,
+            clickhouse_url,
             _temp: None,
             stop: Some(stop),
             task: Some(task),
@@ -231,6 +257,23 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test($crate::common::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
+/// Instantiates each listed async test once per deployment: SQLite and
+/// Postgres with the embedded event store, and Postgres with ClickHouse.
+#[macro_export]
+macro_rules! on_every_deployment {
+    ($($test:ident),+ $(,)?) => {
+        $crate::on_both_backends!($($test),+);
+        mod clickhouse {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::common::Backend::ClickHouse).await
                 }
             )+
         }

@@ -12,6 +12,7 @@
 
 mod bloom;
 pub mod bulk;
+pub mod clickhouse;
 pub mod merge_patch;
 pub mod model;
 pub mod pricing;
@@ -26,6 +27,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{col, lit, Expr, ParquetReadOptions, SessionConfig, SessionContext};
 use serde::de::DeserializeOwned;
 
+use self::clickhouse::{ClickHouseTier, RowFilter};
 use self::model::{Batch, Fields, Layered, SpanState, TraceState, UsageState, Write};
 use self::segment::{Applied, SegmentFile, SegmentRow, KIND_SPAN, KIND_TRACE, KIND_USAGE};
 use crate::StoreError;
@@ -182,6 +184,10 @@ pub struct EventStore {
     /// and by compaction while it deletes the files it replaced.
     files: tokio::sync::RwLock<()>,
     context: SessionContext,
+    /// Where flushes go instead of Parquet segments, when set.
+    clickhouse: Option<ClickHouseTier>,
+    /// Version of the last flush into ClickHouse, in microseconds, strictly increasing.
+    last_version: Mutex<u64>,
 }
 
 impl EventStore {
@@ -213,7 +219,42 @@ impl EventStore {
             maintenance: tokio::sync::Mutex::new(()),
             files: tokio::sync::RwLock::new(()),
             context: SessionContext::new_with_config(config),
+            clickhouse: None,
+            last_version: Mutex::new(0),
         })
+    }
+
+    /// Opens a store whose flushes go to ClickHouse at `url`, as the instance
+    /// `instance` (the owner of one write-ahead log), instead of to segments.
+    pub async fn open_clickhouse(url: &str, instance: &str) -> Result<EventStore, StoreError> {
+        let tier = ClickHouseTier::open(url, instance).await?;
+        let applied = tier.applied().await?;
+        let mut tracker = AppliedTracker { through: applied.through, ..Default::default() };
+        tracker.pending.extend(applied.extra.iter().copied().filter(|lsn| *lsn > applied.through));
+        tracing::info!(instance, applied_through = tracker.through, "event store opened on ClickHouse");
+        Ok(EventStore {
+            dir: PathBuf::new(),
+            inner: Mutex::new(Inner {
+                buffer: Generation::default(),
+                flushing: None,
+                segments: Vec::new(),
+                next_segment: 1,
+                tracker,
+            }),
+            maintenance: tokio::sync::Mutex::new(()),
+            files: tokio::sync::RwLock::new(()),
+            context: SessionContext::new(),
+            clickhouse: Some(tier),
+            last_version: Mutex::new(0),
+        })
+    }
+
+    /// Returns a flush version above every earlier one of this instance.
+    fn next_version(&self) -> u64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let mut last = self.last_version.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *last = now.max(*last + 1);
+        *last
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -281,6 +322,26 @@ impl EventStore {
             (generation, inner.tracker.snapshot(), number)
         };
 
+        if let Some(tier) = &self.clickhouse {
+            let inserted = match generation_rows(&generation) {
+                Ok(rows) => tier.insert(&rows, &applied, self.next_version()).await.map(|()| rows.len()),
+                Err(err) => Err(err),
+            };
+            let _files = self.files.write().await;
+            let mut inner = self.lock();
+            return match inserted {
+                Ok(rows) => {
+                    tracing::info!(flush = number, rows, "buffer flushed to ClickHouse");
+                    inner.flushing = None;
+                    Ok(Some(applied.through))
+                }
+                Err(err) => {
+                    restore_generation(&mut inner, generation);
+                    Err(err)
+                }
+            };
+        }
+
         let dir = self.dir.clone();
         let written = {
             let generation = generation.clone();
@@ -306,13 +367,7 @@ impl EventStore {
                 Ok(Some(applied.through))
             }
             Err(err) => {
-                // Put the generation back in front of newer writes, so nothing is lost
-                // and the next flush retries it.
-                let newer = std::mem::take(&mut inner.buffer);
-                let mut restored = Arc::try_unwrap(generation).unwrap_or_else(|shared| clone_generation(&shared));
-                merge_generation(&mut restored, newer);
-                inner.buffer = restored;
-                inner.flushing = None;
+                restore_generation(&mut inner, generation);
                 Err(err)
             }
         }
@@ -325,6 +380,9 @@ impl EventStore {
     /// segments stays logarithmic in the data. Runs above
     /// [`MAX_COMPACTION_ROWS`] are left alone to bound compaction's memory.
     pub async fn compact(&self, min_segments: usize) -> Result<bool, StoreError> {
+        if self.clickhouse.is_some() {
+            return Ok(false);
+        }
         let _maintenance = self.maintenance.lock().await;
         let min_segments = min_segments.max(2);
         let (start, victims): (usize, Vec<SegmentFile>) = {
@@ -409,11 +467,7 @@ impl EventStore {
     /// Returns the merged state of one trace.
     pub async fn trace(&self, organization_id: &str, id: &str) -> Result<Option<TraceState>, StoreError> {
         let _files = self.files.read().await;
-        let filter = col("organization_id")
-            .eq(lit(organization_id))
-            .and(col("kind").eq(lit(KIND_TRACE)))
-            .and(col("id").eq(lit(id)));
-        let rows = self.scan_where(|s| s.may_hold_object(organization_id, KIND_TRACE, id), filter).await?;
+        let rows = self.rows(RowFilter::Object { organization_id, kind: KIND_TRACE, id }).await?;
         let key = (organization_id.to_string(), id.to_string());
         let mut state = merge_segment_rows::<model::TraceFields>(&rows)?.remove(id);
         self.with_memory(|generation| {
@@ -427,11 +481,7 @@ impl EventStore {
     /// Returns the merged state of one span.
     pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<SpanState>, StoreError> {
         let _files = self.files.read().await;
-        let filter = col("organization_id")
-            .eq(lit(organization_id))
-            .and(col("kind").eq(lit(KIND_SPAN)))
-            .and(col("id").eq(lit(id)));
-        let rows = self.scan_where(|s| s.may_hold_object(organization_id, KIND_SPAN, id), filter).await?;
+        let rows = self.rows(RowFilter::Object { organization_id, kind: KIND_SPAN, id }).await?;
         let key = (organization_id.to_string(), id.to_string());
         let mut state = merge_segment_rows::<model::SpanFields>(&rows)?.remove(id);
         self.with_memory(|generation| {
@@ -458,25 +508,15 @@ impl EventStore {
                 ids.extend(known.iter().cloned());
             }
         });
-        let by_trace = col("organization_id")
-            .eq(lit(organization_id))
-            .and(col("kind").eq(lit(KIND_SPAN)))
-            .and(col("trace_id").eq(lit(trace_id)));
-        let by_trace_rows = self.scan_where(|s| s.may_hold_trace(organization_id, trace_id), by_trace).await?;
+        let by_trace_rows = self.rows(RowFilter::SpansOfTrace { organization_id, trace_id }).await?;
         ids.extend(by_trace_rows.into_iter().map(|row| row.id));
 
         // Every row of those spans, in segment order, including partial rows
         // that do not name the trace (a close stored before its open arrived).
         let mut rows = Vec::new();
         if !ids.is_empty() {
-            let list: Vec<Expr> = ids.iter().map(|id| lit(id.as_str())).collect();
-            let by_id = col("organization_id")
-                .eq(lit(organization_id))
-                .and(col("kind").eq(lit(KIND_SPAN)))
-                .and(col("id").in_list(list, false));
-            let may_hold_any =
-                |s: &SegmentFile| ids.iter().any(|id| s.may_hold_object(organization_id, KIND_SPAN, id));
-            rows = self.scan_where(may_hold_any, by_id).await?;
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            rows = self.rows(RowFilter::Objects { organization_id, kind: KIND_SPAN, ids }).await?;
         }
 
         let mut states = merge_segment_rows::<model::SpanFields>(&rows)?;
@@ -499,7 +539,7 @@ impl EventStore {
     /// Returns every trace, span and usage record of an organization, merged.
     pub async fn all(&self, organization_id: &str) -> Result<Objects, StoreError> {
         let _files = self.files.read().await;
-        let rows = self.scan(col("organization_id").eq(lit(organization_id))).await?;
+        let rows = self.rows(RowFilter::Organization(organization_id)).await?;
         let mut trace_rows = Vec::new();
         let mut span_rows = Vec::new();
         let mut usage_rows = Vec::new();
@@ -526,11 +566,7 @@ impl EventStore {
     /// Returns the merged state of one usage record posted by a client.
     pub async fn usage(&self, organization_id: &str, id: &str) -> Result<Option<UsageState>, StoreError> {
         let _files = self.files.read().await;
-        let filter = col("organization_id")
-            .eq(lit(organization_id))
-            .and(col("kind").eq(lit(KIND_USAGE)))
-            .and(col("id").eq(lit(id)));
-        let rows = self.scan_where(|s| s.may_hold_object(organization_id, KIND_USAGE, id), filter).await?;
+        let rows = self.rows(RowFilter::Object { organization_id, kind: KIND_USAGE, id }).await?;
         let key = (organization_id.to_string(), id.to_string());
         let mut state = merge_segment_rows::<model::UsageFields>(&rows)?.remove(id);
         self.with_memory(|generation| {
@@ -581,8 +617,37 @@ impl EventStore {
 }
 
 impl EventStore {
-    async fn scan(&self, filter: Expr) -> Result<Vec<SegmentRow>, StoreError> {
-        self.scan_where(|_| true, filter).await
+    /// Reads the flushed rows that `filter` selects, in flush order: from
+    /// ClickHouse when the store uses it, else from the segments whose Bloom
+    /// filters may hold them. The caller holds `files` for reading.
+    async fn rows(&self, filter: RowFilter<'_>) -> Result<Vec<SegmentRow>, StoreError> {
+        if let Some(tier) = &self.clickhouse {
+            return tier.rows(&filter).await;
+        }
+        match filter {
+            RowFilter::Organization(organization_id) => {
+                self.scan_where(|_| true, col("organization_id").eq(lit(organization_id))).await
+            }
+            RowFilter::Object { organization_id, kind, id } => {
+                let expr = col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))).and(col("id").eq(lit(id)));
+                self.scan_where(|s| s.may_hold_object(organization_id, kind, id), expr).await
+            }
+            RowFilter::Objects { organization_id, kind, ids } => {
+                let list: Vec<Expr> = ids.iter().map(|id| lit(*id)).collect();
+                let expr = col("organization_id")
+                    .eq(lit(organization_id))
+                    .and(col("kind").eq(lit(kind)))
+                    .and(col("id").in_list(list, false));
+                self.scan_where(|s| ids.iter().any(|id| s.may_hold_object(organization_id, kind, id)), expr).await
+            }
+            RowFilter::SpansOfTrace { organization_id, trace_id } => {
+                let expr = col("organization_id")
+                    .eq(lit(organization_id))
+                    .and(col("kind").eq(lit(KIND_SPAN)))
+                    .and(col("trace_id").eq(lit(trace_id)));
+                self.scan_where(|s| s.may_hold_trace(organization_id, trace_id), expr).await
+            }
+        }
     }
 }
 
@@ -640,6 +705,16 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
     existing.state = state.map_err(StoreError::internal)?;
     existing.seq = existing.seq.max(newer.seq);
     Ok(())
+}
+
+/// Puts a generation that failed to flush back in front of newer writes,
+/// so nothing is lost and the next flush retries it.
+fn restore_generation(inner: &mut Inner, generation: Arc<Generation>) {
+    let newer = std::mem::take(&mut inner.buffer);
+    let mut restored = Arc::try_unwrap(generation).unwrap_or_else(|shared| clone_generation(&shared));
+    merge_generation(&mut restored, newer);
+    inner.buffer = restored;
+    inner.flushing = None;
 }
 
 fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreError> {
