@@ -4,6 +4,7 @@ pub mod agents;
 pub mod batch;
 pub mod formats;
 pub mod organizations;
+pub mod otlp;
 pub mod toolbox;
 pub mod trace_list;
 pub mod tracing;
