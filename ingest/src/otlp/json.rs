@@ -6,10 +6,10 @@
 //! are integers. As the protobuf mapping allows, this reader also accepts
 //! the original snake_case field names, enum names such as
 //! `"SPAN_KIND_SERVER"`, and 64-bit integers as JSON numbers or decimal
-//! strings; unknown fields are ignored. A span with an invalid field is
+//! strings. Unknown fields are ignored. A span with an invalid field is
 //! returned as a rejection instead of failing the request, which a serde
 //! derive could not do. A malformed envelope (resource, scope or the lists
-//! that hold spans) fails the whole request.
+//! that contain spans) fails the whole request.
 
 use base64::Engine;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
@@ -158,7 +158,7 @@ fn link(value: &Value) -> Result<Link, String> {
     })
 }
 
-/// A field by its JSON name or its original name; `null` counts as absent.
+/// Looks a field up by its JSON name, then its original name. `null` counts as absent.
 fn get<'a>(fields: &'a Object, json_name: &str, proto_name: &str) -> Option<&'a Value> {
     fields.get(json_name).or_else(|| fields.get(proto_name)).filter(|value| !value.is_null())
 }
@@ -167,7 +167,7 @@ fn object<'a>(value: &'a Value, what: &str) -> Result<&'a Object, String> {
     value.as_object().ok_or_else(|| format!("{what} must be a JSON object, got {}", type_name(value)))
 }
 
-/// A repeated field; absent is empty.
+/// Reads a repeated field, empty when absent.
 fn list<'a>(fields: &'a Object, json_name: &str, proto_name: &str) -> Result<&'a [Value], String> {
     match get(fields, json_name, proto_name) {
         None => Ok(&[]),
@@ -203,7 +203,7 @@ fn uint32(fields: &Object, json_name: &str, proto_name: &str) -> Result<u32, Str
     u32::try_from(number).map_err(|_| format!("{json_name} must fit in 32 bits, got {number}"))
 }
 
-/// An enum field: its number, or its name as `parse_name` reads it.
+/// Reads an enum field: its number, or its name as `parse_name` reads it.
 fn enumeration(
     fields: &Object,
     json_name: &str,

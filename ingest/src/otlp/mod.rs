@@ -9,9 +9,9 @@
 //! Re-sending a span is an upsert on its id, and usage derived from an `llm`
 //! span is keyed by the span id, so it is counted once.
 //!
-//! A span that cannot be mapped (an id of the wrong length, a text or its
-//! metadata over the size limit, a timestamp out of range) is rejected on
-//! its own with a reason; the other spans of the request are still written.
+//! A span that cannot be mapped is rejected on its own, with a reason: an id
+//! of the wrong length, a text or its metadata over the size limit, or a
+//! timestamp out of range. The other spans of the request are still written.
 //! The README's "OpenTelemetry (OTLP)" section has the full mapping table.
 
 mod json;
@@ -147,17 +147,18 @@ fn rejection_message(rejections: &[Rejection]) -> String {
     message
 }
 
-/// What the spans of one trace id in one request say about the trace.
+/// Trace fields gathered from the spans of one trace id in one request.
 #[derive(Default)]
 struct TraceSummary {
     root: Option<TraceFields>,
-    /// The agent of the first span that has one.
-    agent_id: Option<String>,
+    /// The best-ranked agent among the spans: the one found by the earliest
+    /// name of `Options::agent_attributes`, the first span winning a tie.
+    agent: Option<(usize, String)>,
     earliest_start: Option<i64>,
 }
 
-/// Maps every span of `request`. `received_at` (microseconds) stands in for
-/// a missing start time, as for REST creates.
+/// Maps every span of `request`. `received_at` (microseconds) replaces a
+/// missing start time, as for REST creates.
 pub fn convert(request: &ExportTraceServiceRequest, options: &Options, received_at: i64) -> Conversion {
     let mut conversion = Conversion::default();
     let mut span_writes = Vec::new();
@@ -206,7 +207,7 @@ pub fn convert(request: &ExportTraceServiceRequest, options: &Options, received_
     for trace_id in trace_order {
         let summary = summaries.remove(&trace_id).unwrap_or_default();
         let mut create = summary.root.clone().unwrap_or_default();
-        create.agent_id = create.agent_id.or(summary.agent_id);
+        create.agent_id = create.agent_id.or(summary.agent.map(|(_, agent_id)| agent_id));
         create.started_at = create.started_at.or(summary.earliest_start);
         conversion.writes.push(Write::Trace { id: trace_id.clone(), op: Op::Create, fields: create });
         if let Some(root) = summary.root {
@@ -219,8 +220,10 @@ pub fn convert(request: &ExportTraceServiceRequest, options: &Options, received_
 
 impl TraceSummary {
     fn summarize(&mut self, span: &MappedSpan) {
-        if self.agent_id.is_none() {
-            self.agent_id = span.agent_id.clone();
+        if let Some((rank, agent_id)) = &span.agent {
+            if self.agent.as_ref().is_none_or(|(best, _)| rank < best) {
+                self.agent = Some((*rank, agent_id.clone()));
+            }
         }
         if let Some(start) = span.fields.started_at {
             self.earliest_start = Some(self.earliest_start.map_or(start, |earliest| earliest.min(start)));
@@ -228,7 +231,7 @@ impl TraceSummary {
         if span.fields.parent_id == Some(None) {
             self.root = Some(TraceFields {
                 name: span.fields.name.clone(),
-                agent_id: span.agent_id.clone(),
+                agent_id: span.agent.as_ref().map(|(_, agent_id)| agent_id.clone()),
                 started_at: span.fields.started_at,
                 ended_at: span.fields.ended_at,
                 error: span.fields.error.clone(),
@@ -251,7 +254,8 @@ struct SpanContext<'a> {
 struct MappedSpan {
     id: String,
     trace_id: String,
-    agent_id: Option<String>,
+    /// The agent id and the position in `Options::agent_attributes` of the name that gave it.
+    agent: Option<(usize, String)>,
     fields: SpanFields,
 }
 
@@ -277,7 +281,7 @@ fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection>
 
     let mut metadata = attributes_json(&span.attributes);
     let span_type = span_type(&metadata);
-    let agent_id = agent_id(&metadata, context.resource, &context.options.agent_attributes);
+    let agent = agent_id(&metadata, context.resource, &context.options.agent_attributes);
     let llm_cost = if span_type == "llm" { llm_cost(&metadata) } else { None };
     let input_text = take_text(&mut metadata, &INPUT_ATTRIBUTES);
     let output_text = take_text(&mut metadata, &OUTPUT_ATTRIBUTES);
@@ -351,7 +355,7 @@ fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection>
         metadata: Some(metadata),
         flag: None,
     };
-    Ok(MappedSpan { id: span_id, trace_id, agent_id, fields })
+    Ok(MappedSpan { id: span_id, trace_id, agent, fields })
 }
 
 /// Lower-case hex of an id of `length` bytes; all zeros is invalid, as in OTLP.
@@ -392,10 +396,11 @@ pub fn attributes_json(attributes: &[KeyValue]) -> Map<String, Value> {
         .collect()
 }
 
-/// Converts an attribute value to JSON: strings, booleans and integers as
-/// themselves, doubles as numbers (`"NaN"`, `"Infinity"` or `"-Infinity"`
-/// when not finite), arrays as arrays, key-value lists as objects, bytes as
-/// a standard base64 string, and a value with nothing set as `null`.
+/// Converts an attribute value to JSON. Strings, booleans and integers stay
+/// as they are, and doubles become numbers (`"NaN"`, `"Infinity"` or
+/// `"-Infinity"` when not finite). Arrays become lists, key-value lists
+/// objects, bytes a standard base64 string, and a value with nothing set
+/// `null`.
 pub fn any_value_json(value: &AnyValue) -> Value {
     match &value.value {
         None => Value::Null,
@@ -416,7 +421,7 @@ pub fn any_value_json(value: &AnyValue) -> Value {
     }
 }
 
-/// The span type from `openinference.span.kind`, else `gen_ai.operation.name`.
+/// Reads the span type from `openinference.span.kind`, else from `gen_ai.operation.name`.
 fn span_type(attributes: &Map<String, Value>) -> &'static str {
     if let Some(kind) = attributes.get("openinference.span.kind").and_then(Value::as_str) {
         return match kind.to_ascii_uppercase().as_str() {
@@ -432,10 +437,11 @@ fn span_type(attributes: &Map<String, Value>) -> &'static str {
     }
 }
 
-/// The first of `names` that the span, else its resource, sets to a
-/// non-empty string or an integer of at most [`MAX_ID_BYTES`] bytes.
-fn agent_id(span: &Map<String, Value>, resource: &Map<String, Value>, names: &[String]) -> Option<String> {
-    for name in names {
+/// Finds the first of `names` that the span, else its resource, sets to a
+/// non-empty string or an integer of at most [`MAX_ID_BYTES`] bytes. Returns
+/// the index of that name with the value.
+fn agent_id(span: &Map<String, Value>, resource: &Map<String, Value>, names: &[String]) -> Option<(usize, String)> {
+    for (rank, name) in names.iter().enumerate() {
         for attributes in [span, resource] {
             let candidate = match attributes.get(name) {
                 Some(Value::String(text)) => text.clone(),
@@ -443,7 +449,7 @@ fn agent_id(span: &Map<String, Value>, resource: &Map<String, Value>, names: &[S
                 _ => continue,
             };
             if !candidate.is_empty() && candidate.len() <= MAX_ID_BYTES {
-                return Some(candidate);
+                return Some((rank, candidate));
             }
         }
     }
@@ -461,8 +467,8 @@ fn take_text(attributes: &mut Map<String, Value>, names: &[&str]) -> Option<(Str
     Some((name.to_string(), text))
 }
 
-/// The error of a span whose status code is ERROR: the status message, else
-/// the first `exception` event as `type: message`, else `ERROR`.
+/// Builds the error of a span whose status code is ERROR: the status
+/// message, else the first `exception` event as `type: message`, else `ERROR`.
 fn error_text(span: &Span) -> Option<(String, String)> {
     let status = span.status.as_ref()?;
     if status.code != StatusCode::Error as i32 {
@@ -485,8 +491,8 @@ fn error_text(span: &Span) -> Option<(String, String)> {
     Some(("exception event".into(), text))
 }
 
-/// The `llm_cost` object that usage records are derived from, when the span
-/// reports a model, a token count or a cost.
+/// Builds the `llm_cost` object that usage records are derived from, when
+/// the span reports a model, a token count or a cost.
 fn llm_cost(attributes: &Map<String, Value>) -> Option<Value> {
     let first_count = |names: &[&str]| names.iter().find_map(|name| token_count(attributes.get(*name)));
     let model = MODEL_ATTRIBUTES
