@@ -108,7 +108,7 @@ fn protobuf_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF))], body).into_response()
 }
 
-/// The encoding that `Content-Type` names; parameters such as `charset` are ignored.
+/// Reads the encoding that `Content-Type` names. Parameters such as `charset` are ignored.
 fn request_encoding(headers: &HeaderMap) -> Result<Encoding, ExportError> {
     let unsupported = |got: &str| {
         ExportError::new(
@@ -128,7 +128,7 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, ExportError> {
     }
 }
 
-/// The body with its `Content-Encoding` undone. Gzip is inflated to at most
+/// Undoes the body's `Content-Encoding`. Gzip is inflated to at most
 /// `limit` bytes, so a small compressed body cannot expand without bound.
 fn decoded_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ExportError> {
     let encoding = match headers.get(CONTENT_ENCODING) {
