@@ -753,7 +753,38 @@ async fn full_buffer_answers_503(backend: Backend) {
     assert!(status.message.contains("the event buffer is full"), "{}", status.message);
 }
 
+/// OTLP spans take the REST write path, so they survive a restart: the
+/// shutdown flush writes them to a Parquet segment, and reads come from it.
+async fn spans_survive_restart(backend: Backend) {
+    let temp = tempfile::tempdir().unwrap();
+    let database_url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(common::fresh_postgres_database().await),
+    };
+    let settings = common::test_settings(temp.path(), database_url);
+    let mut server = TestServer::start_settings(settings.clone()).await;
+    let key = server.api_key("otlp-restart@example.com").await;
+    let reply = export(&server, Some(&key), Some(JSON), None, JSON_FIXTURE.as_bytes().to_vec()).await;
+    assert_eq!(reply.json(), json!({}));
+    let trace_id = "e38e0165b794f379e0f454325b3757d2";
+    let before = trace(&server, &key, trace_id).await;
+    server.stop().await;
+
+    let server = TestServer::start_settings(settings).await;
+    let after = trace(&server, &key, trace_id).await;
+    assert_eq!(after["span_count"], 10);
+    assert_eq!(after["name"], "run_agent");
+    for span in before["spans"].as_array().unwrap() {
+        let id = span["id"].as_str().unwrap();
+        assert_eq!(span_of(&after, id)["metadata"], span["metadata"], "metadata of {id}");
+        assert_eq!(span_of(&after, id)["parent_id"], span["parent_id"], "parent of {id}");
+    }
+    let records = usage_of_trace(&server, &key, trace_id).await;
+    assert_eq!(token_counts(&records), vec![(200, 30, 0, 0), (201, 31, 0, 0), (202, 32, 0, 0)]);
+}
+
 on_both_backends!(
+    spans_survive_restart,
     protobuf_fixture_lands,
     gzip_fixture_lands,
     json_fixture_lands,

@@ -522,3 +522,25 @@ fn llm_cost(attributes: &Map<String, Value>) -> Option<Value> {
     }
     Some(Value::Object(object))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_message_lists_first_ten() {
+        let rejections: Vec<Rejection> =
+            (0..12).map(|index| Rejection { span: format!("span {index}"), reason: "bad".into() }).collect();
+        let message = rejection_message(&rejections);
+        assert!(message.starts_with("12 span(s) rejected. span 0: bad; span 1: bad; "), "{message}");
+        assert!(message.contains("span 9: bad; and 2 more"), "{message}");
+        assert!(!message.contains("span 10"), "{message}");
+    }
+
+    #[test]
+    fn status_encodes_code_and_message() {
+        // Field 1 varint 3, then field 2 length-delimited "no".
+        assert_eq!(status_protobuf(3, "no"), vec![0x08, 0x03, 0x12, 0x02, b'n', b'o']);
+        assert_eq!(status_protobuf(0, ""), Vec::<u8>::new());
+    }
+}
