@@ -43,6 +43,9 @@ const MODEL_ATTRIBUTES: [&str; 3] = ["gen_ai.response.model", "gen_ai.request.mo
 const INPUT_TOKEN_ATTRIBUTES: [&str; 3] = ["gen_ai.usage.input_tokens", "llm.token_count.prompt", "gen_ai.usage.prompt_tokens"];
 const OUTPUT_TOKEN_ATTRIBUTES: [&str; 3] =
     ["gen_ai.usage.output_tokens", "llm.token_count.completion", "gen_ai.usage.completion_tokens"];
+// NOTE: token counts are stored as sent, and usage reads cached tokens as
+// part of the input tokens. An exporter whose input count leaves cache reads
+// out is priced as if fewer input tokens were uncached.
 const CACHED_TOKEN_ATTRIBUTES: [&str; 2] =
     ["gen_ai.usage.cache_read_input_tokens", "llm.token_count.prompt_details.cache_read"];
 const REASONING_TOKEN_ATTRIBUTES: [&str; 2] =
@@ -287,6 +290,44 @@ fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection>
     let output_text = take_text(&mut metadata, &OUTPUT_ATTRIBUTES);
     let error = error_text(span);
 
+    insert_otel_fields(&mut metadata, span, context);
+    if let Some(llm_cost) = llm_cost {
+        metadata.insert("llm_cost".into(), llm_cost);
+    }
+
+    let limits = context.options.limits;
+    check_size("name", &span.name, limits).map_err(reject)?;
+    for (field, text) in [("input_text", &input_text), ("output_text", &output_text), ("error", &error)] {
+        if let Some((attribute, text)) = text {
+            check_size(&format!("{field} ({attribute})"), text, limits).map_err(reject)?;
+        }
+    }
+    let metadata_size = serde_json::to_vec(&metadata).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+    if metadata_size > limits.max_text_bytes {
+        return Err(reject(format!(
+            "its attributes are {metadata_size} bytes as JSON metadata, more than the limit of {} bytes",
+            limits.max_text_bytes
+        )));
+    }
+
+    let fields = SpanFields {
+        trace_id: Some(trace_id.clone()),
+        parent_id: Some(parent_id),
+        name: Some(span.name.clone()),
+        span_type: Some(span_type.to_string()),
+        started_at: Some(started_at.unwrap_or(context.received_at)),
+        ended_at,
+        input_text: input_text.map(|(_, text)| text).filter(|text| !text.is_empty()),
+        output_text: output_text.map(|(_, text)| text).filter(|text| !text.is_empty()),
+        error: error.map(|(_, text)| text),
+        metadata: Some(metadata),
+        flag: None,
+    };
+    Ok(MappedSpan { id: span_id, trace_id, agent, fields })
+}
+
+/// Adds what the span carries besides its attributes, under `otel.` keys.
+fn insert_otel_fields(metadata: &mut Map<String, Value>, span: &Span, context: &SpanContext) {
     if !context.resource.is_empty() {
         metadata.insert("otel.resource".into(), Value::Object(context.resource.clone()));
     }
@@ -323,39 +364,6 @@ fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection>
             .collect();
         metadata.insert("otel.links".into(), Value::Array(links));
     }
-    if let Some(llm_cost) = llm_cost {
-        metadata.insert("llm_cost".into(), llm_cost);
-    }
-
-    let limits = context.options.limits;
-    check_size("name", &span.name, limits).map_err(reject)?;
-    for (field, text) in [("input_text", &input_text), ("output_text", &output_text), ("error", &error)] {
-        if let Some((attribute, text)) = text {
-            check_size(&format!("{field} ({attribute})"), text, limits).map_err(reject)?;
-        }
-    }
-    let metadata_size = serde_json::to_vec(&metadata).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
-    if metadata_size > limits.max_text_bytes {
-        return Err(reject(format!(
-            "its attributes are {metadata_size} bytes as JSON metadata, more than the limit of {} bytes",
-            limits.max_text_bytes
-        )));
-    }
-
-    let fields = SpanFields {
-        trace_id: Some(trace_id.clone()),
-        parent_id: Some(parent_id),
-        name: Some(span.name.clone()),
-        span_type: Some(span_type.to_string()),
-        started_at: Some(started_at.unwrap_or(context.received_at)),
-        ended_at,
-        input_text: input_text.map(|(_, text)| text).filter(|text| !text.is_empty()),
-        output_text: output_text.map(|(_, text)| text).filter(|text| !text.is_empty()),
-        error: error.map(|(_, text)| text),
-        metadata: Some(metadata),
-        flag: None,
-    };
-    Ok(MappedSpan { id: span_id, trace_id, agent, fields })
 }
 
 /// Lower-case hex of an id of `length` bytes; all zeros is invalid, as in OTLP.
