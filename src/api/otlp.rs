@@ -166,13 +166,21 @@ fn body_error(rejection: BytesRejection) -> ExportError {
     }
 }
 
-/// Export spans with OTLP/HTTP: an `ExportTraceServiceRequest` in protobuf or
-/// OTLP JSON, optionally gzip-compressed. Returns an
+/// A protobuf-encoded message, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct ProtobufMessage(Vec<u8>);
+
+/// Export spans with OTLP/HTTP.
+///
+/// The body is an `ExportTraceServiceRequest` in protobuf or in OTLP's JSON
+/// encoding, optionally gzip-compressed. Returns an
 /// `ExportTraceServiceResponse` in the same encoding, with `partial_success`
 /// counting the spans that were rejected and why.
 #[utoipa::path(post, path = "/v1/traces", tag = "tracing",
     request_body(content(
-        (Vec<u8> = "application/x-protobuf"),
+        (ProtobufMessage = "application/x-protobuf"),
         (Object = "application/json"),
     ), description = "`ExportTraceServiceRequest`; `Content-Encoding: gzip` is accepted"),
     responses((status = 200, description = "`ExportTraceServiceResponse`, with `partial_success` when spans were rejected"),
