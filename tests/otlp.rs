@@ -817,6 +817,9 @@ async fn run_exporter(python: &str, base: &str, key: &str, encoding: &str, agent
         .arg(agent_id)
         .env("BEDROCK_OTLP_ENDPOINT", format!("{base}/v1/traces"))
         .env("BEDROCK_API_KEY", key.trim_start_matches("Bearer "))
+        // Keep the exporter's requests on loopback even where a proxy is configured.
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
