@@ -161,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::api::tracing::router())
         .merge(crate::api::trace_list::router())
         .merge(crate::api::batch::router())
+        .merge(crate::api::otlp::router())
         .merge(crate::api::agents::router())
         .merge(crate::api::toolbox::router())
         .merge(crate::api::usage::router())

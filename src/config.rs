@@ -91,6 +91,10 @@ pub struct ServeSettings {
     #[arg(long, env = "BEDROCK_BATCH_MAX_EVENTS", default_value_t = 1000)]
     pub batch_max_events: usize,
 
+    /// Attributes read in order for the agent id of a span sent to /v1/traces. Each name is looked up among the span's attributes, then its resource's.
+    #[arg(long, env = "BEDROCK_OTLP_AGENT_ATTRIBUTES", value_delimiter = ',', default_value = "agent.id,gen_ai.agent.id,service.name")]
+    pub otlp_agent_attributes: Vec<String>,
+
     /// How long a resolved credential is cached, in seconds; a key revoked on another instance stops working within this time.
     #[arg(long, env = "BEDROCK_AUTH_CACHE_SECONDS", default_value_t = 5)]
     pub auth_cache_seconds: u64,

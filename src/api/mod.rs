@@ -5,6 +5,7 @@ pub mod batch;
 pub mod evals;
 pub mod formats;
 pub mod organizations;
+pub mod otlp;
 pub mod toolbox;
 pub mod trace_list;
 pub mod tracing;

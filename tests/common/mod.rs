@@ -62,6 +62,7 @@ pub fn test_settings(data_dir: &Path, database_url: Option<String>) -> ServeSett
         max_body_bytes: 4 * 1024 * 1024,
         max_text_field_bytes: 256 * 1024,
         batch_max_events: 1000,
+        otlp_agent_attributes: bedrock_ingest::otlp::DEFAULT_AGENT_ATTRIBUTES.map(String::from).to_vec(),
         auth_cache_seconds: 5,
         invite_ttl_hours: 168,
         shutdown_timeout_seconds: 5,
