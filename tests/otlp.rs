@@ -754,14 +754,17 @@ async fn full_buffer_answers_503(backend: Backend) {
 }
 
 /// OTLP spans take the REST write path, so they survive a restart: the
-/// shutdown flush writes them to a Parquet segment, and reads come from it.
+/// shutdown flush writes them to the event store, and reads come from it.
 async fn spans_survive_restart(backend: Backend) {
     let temp = tempfile::tempdir().unwrap();
     let database_url = match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(common::fresh_postgres_database().await),
+        Backend::Postgres | Backend::ClickHouse => Some(common::fresh_postgres_database().await),
     };
-    let settings = common::test_settings(temp.path(), database_url);
+    let mut settings = common::test_settings(temp.path(), database_url);
+    if backend == Backend::ClickHouse {
+        settings.storage.clickhouse_url = Some(common::fresh_clickhouse_database().await);
+    }
     let mut server = TestServer::start_settings(settings.clone()).await;
     let key = server.api_key("otlp-restart@example.com").await;
     let reply = export(&server, Some(&key), Some(JSON), None, JSON_FIXTURE.as_bytes().to_vec()).await;
@@ -783,7 +786,7 @@ async fn spans_survive_restart(backend: Backend) {
     assert_eq!(token_counts(&records), vec![(200, 30, 0, 0), (201, 31, 0, 0), (202, 32, 0, 0)]);
 }
 
-on_both_backends!(
+on_every_deployment!(
     spans_survive_restart,
     protobuf_fixture_lands,
     gzip_fixture_lands,
