@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bedrock_store::events::clickhouse::UNREACHABLE as CLICKHOUSE_UNREACHABLE;
 use bedrock_store::StoreError;
 use serde_json::{json, Value};
 
@@ -104,6 +105,13 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Unavailable(message) if message.starts_with(CLICKHOUSE_UNREACHABLE) => {
+                tracing::warn!(error = %message, "event store unavailable");
+                ApiError::Unavailable {
+                    detail: "The event store (ClickHouse) is unreachable; retry shortly. Writes are still accepted until the server's buffer is full.".into(),
+                    retry_after_secs: 5,
+                }
+            }
             StoreError::Unavailable(message) => {
                 tracing::warn!(error = %message, "control-plane database unavailable");
                 ApiError::Unavailable {

@@ -22,7 +22,7 @@ pub enum QueryError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("query failed: {0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    DataFusion(datafusion::error::DataFusionError),
     #[error("query failed: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("query failed: {0}")]
@@ -30,6 +30,20 @@ pub enum QueryError {
     /// A request value, named here, that the query cannot use.
     #[error("invalid {0}")]
     Invalid(String),
+}
+
+/// Keeps a store error that a table provider raised inside DataFusion a
+/// store error, so an unreachable event store is a 503 and not a 500.
+impl From<datafusion::error::DataFusionError> for QueryError {
+    fn from(err: datafusion::error::DataFusionError) -> Self {
+        match err {
+            datafusion::error::DataFusionError::External(inner) => match inner.downcast::<StoreError>() {
+                Ok(store) => QueryError::Store(*store),
+                Err(other) => QueryError::DataFusion(datafusion::error::DataFusionError::External(other)),
+            },
+            other => QueryError::DataFusion(other),
+        }
+    }
 }
 
 /// One page of a list with the number of rows behind it.
@@ -84,14 +98,22 @@ impl TraceQueries {
     }
 
     /// A trace without its spans, as create and update responses return it.
-    pub async fn trace(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
-        let Some(state) = self.store.trace(organization_id, id).await? else {
+    /// While the event store is unreachable, it is built from what this
+    /// instance holds in memory.
+    pub async fn written_trace(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
+        let Some(state) = self.store.trace_or_buffered(organization_id, id).await? else {
             return Ok(None);
         };
-        let spans = self.store.spans_of_trace(organization_id, id).await?;
+        let spans = self.store.spans_of_trace_or_buffered(organization_id, id).await?;
         let fields: Vec<SpanFields> = spans.values().map(|s| s.resolve()).collect();
         let prices = self.prices.book(organization_id).await?;
         Ok(Some(TraceView::new(id, &state, fields.iter(), &prices).to_json()))
+    }
+
+    /// A span as a write response returns it, like [`TraceQueries::written_trace`].
+    pub async fn written_span(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
+        let state = self.store.span_or_buffered(organization_id, id).await?;
+        Ok(state.map(|state| SpanView::new(id, &state).to_json()))
     }
 
     pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {

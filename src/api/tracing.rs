@@ -88,12 +88,12 @@ async fn write(state: &AppState, principal: &Principal, write: Write) -> ApiResu
 }
 
 async fn trace_response(state: &AppState, principal: &Principal, id: &str, status: StatusCode) -> ApiResult<Response> {
-    let trace = state.queries.trace(&principal.organization_id, id).await?;
+    let trace = state.queries.written_trace(&principal.organization_id, id).await?;
     Ok((status, Json(trace.unwrap_or(Value::Null))).into_response())
 }
 
 async fn span_response(state: &AppState, principal: &Principal, id: &str, status: StatusCode) -> ApiResult<Response> {
-    let span = state.queries.span(&principal.organization_id, id).await?;
+    let span = state.queries.written_span(&principal.organization_id, id).await?;
     Ok((status, Json(span.unwrap_or(Value::Null))).into_response())
 }
 

@@ -4,10 +4,16 @@
 //! Each flush inserts the partial states of its objects as rows of `events`,
 //! with a marker row (`kind = 'flush'`) that records which write-ahead log
 //! records of the instance the flush contains. Data and marker go in one
-//! INSERT, which ClickHouse applies as one block, so after a crash the log
-//! replays exactly the records whose rows are missing. Reads select an
+//! INSERT, which ClickHouse applies as one block when it has at most
+//! `max_insert_block_size` rows (1,048,576 by default). So after a crash the
+//! log replays exactly the records whose rows are missing. Reads select an
 //! object's rows in flush order (`version`, then `instance`) and merge them
 //! like segment rows.
+//!
+//! NOTE: a larger flush, or an INSERT that failed on the client after the
+//! server applied it, can leave rows without their marker. The log then
+//! replays them once more, and the copies merge into the same state, except
+//! that a write another instance flushed in between is overridden again.
 //!
 //! Only SQL that ClickHouse 18.16 and current releases both accept is used:
 //! a plain MergeTree, String and UInt64 columns, and bound values.
@@ -41,7 +47,7 @@ struct MigrationRow {
     applied_at: u64,
 }
 
-/// Which rows a read needs.
+/// The rows a read needs.
 #[derive(Debug, Clone)]
 pub enum RowFilter<'a> {
     Organization(&'a str),
@@ -50,10 +56,13 @@ pub enum RowFilter<'a> {
     SpansOfTrace { organization_id: &'a str, trace_id: &'a str },
 }
 
+/// The start of the message of every [`StoreError::Unavailable`] this module raises.
+pub const UNREACHABLE: &str = "ClickHouse is unreachable";
+
 fn unavailable(err: clickhouse::error::Error) -> StoreError {
     match err {
         clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
-            StoreError::Unavailable(format!("ClickHouse is unreachable: {err}"))
+            StoreError::Unavailable(format!("{UNREACHABLE}: {err}"))
         }
         other => StoreError::Internal(format!("ClickHouse query failed: {other}")),
     }

@@ -577,6 +577,84 @@ impl EventStore {
         Ok(state)
     }
 
+    /// Merges one object's states in memory alone: the generation being
+    /// flushed, then the buffer.
+    fn buffered<F: Fields>(&self, pick: impl Fn(&Generation) -> Option<&Layered<F>>) -> Option<Layered<F>> {
+        let mut state = None;
+        self.with_memory(|generation| {
+            if let Some(newer) = pick(generation) {
+                merge_into(&mut state, newer);
+            }
+        });
+        state
+    }
+
+    /// Returns the merged state of one trace, or, when the flushed tier is
+    /// unreachable, what this instance holds of it in memory. Write
+    /// responses use this, so a write that is durable is acknowledged even
+    /// while ClickHouse is down.
+    pub async fn trace_or_buffered(&self, organization_id: &str, id: &str) -> Result<Option<TraceState>, StoreError> {
+        match self.trace(organization_id, id).await {
+            Err(StoreError::Unavailable(_)) => {
+                let key = (organization_id.to_string(), id.to_string());
+                Ok(self.buffered(|generation| generation.traces.get(&key)))
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`EventStore::trace_or_buffered`], for one span.
+    pub async fn span_or_buffered(&self, organization_id: &str, id: &str) -> Result<Option<SpanState>, StoreError> {
+        match self.span(organization_id, id).await {
+            Err(StoreError::Unavailable(_)) => {
+                let key = (organization_id.to_string(), id.to_string());
+                Ok(self.buffered(|generation| generation.spans.get(&key)))
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`EventStore::trace_or_buffered`], for one posted usage record.
+    pub async fn usage_or_buffered(&self, organization_id: &str, id: &str) -> Result<Option<UsageState>, StoreError> {
+        match self.usage(organization_id, id).await {
+            Err(StoreError::Unavailable(_)) => {
+                let key = (organization_id.to_string(), id.to_string());
+                Ok(self.buffered(|generation| generation.usage.get(&key)))
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`EventStore::trace_or_buffered`], for the spans of one trace.
+    pub async fn spans_of_trace_or_buffered(
+        &self,
+        organization_id: &str,
+        trace_id: &str,
+    ) -> Result<HashMap<String, SpanState>, StoreError> {
+        match self.spans_of_trace(organization_id, trace_id).await {
+            Err(StoreError::Unavailable(_)) => {
+                let trace_key = (organization_id.to_string(), trace_id.to_string());
+                let mut ids: HashSet<String> = HashSet::new();
+                self.with_memory(|generation| {
+                    if let Some(known) = generation.spans_by_trace.get(&trace_key) {
+                        ids.extend(known.iter().cloned());
+                    }
+                });
+                let mut states = HashMap::new();
+                for id in ids {
+                    let key = (organization_id.to_string(), id.clone());
+                    if let Some(state) = self.buffered(|generation| generation.spans.get(&key)) {
+                        if state.resolve().trace_id.as_deref() == Some(trace_id) {
+                            states.insert(id, state);
+                        }
+                    }
+                }
+                Ok(states)
+            }
+            other => other,
+        }
+    }
+
     /// Runs `visit` on the generation being flushed, then the live buffer: the write order.
     fn with_memory(&self, mut visit: impl FnMut(&Generation)) {
         let inner = self.lock();
