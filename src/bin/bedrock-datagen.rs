@@ -6,9 +6,10 @@
 //! like a harness run: a `run_agent` root, then per turn a turn span, an
 //! `llm` span with `llm_cost` and a `tool` span. Eval agents end their last
 //! turn with a checkpoint in place of the tool. Events go into new Parquet
-//! segments of the embedded event store. The control plane is SQLite in the
-//! data directory or the Postgres of `--database-url`. The same seed and
-//! `--end` give the same data.
+//! segments of the embedded event store, or into the ClickHouse of
+//! `--clickhouse-url`. The control plane is SQLite in the data directory or
+//! the Postgres of `--database-url`. The same seed and `--end` give the same
+//! data.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,7 +19,9 @@ use bedrock::crypto::{generate_api_key, hash_password, hash_secret};
 use bedrock_store::control::{
     Agent, ApiKey, ControlPlane, EvalCase, NewOrganization, NewUser, Review,
 };
-use bedrock_store::events::bulk::BulkWriter;
+use bedrock_store::events::bulk::{create_row, BulkWriter};
+use bedrock_store::events::clickhouse::ClickHouseTier;
+use bedrock_store::events::segment::{Applied, SegmentRow};
 use bedrock_store::events::model::{Op, SpanFields, TraceFields, Write};
 use clap::Parser;
 use rand::rngs::StdRng;
@@ -38,6 +41,11 @@ struct Settings {
     /// Postgres control plane, as the server's DATABASE_URL.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+
+    /// ClickHouse event store, as the server's CLICKHOUSE_URL; without it,
+    /// events go to Parquet segments in the data directory.
+    #[arg(long, env = "CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
 
     /// Traces to generate.
     #[arg(long, default_value_t = 10_000)]
@@ -294,6 +302,39 @@ fn trace_writes(
     writes
 }
 
+/// Where the generated events go.
+enum Sink {
+    Segments(BulkWriter),
+    /// ClickHouse, written as an instance of its own, so the flush markers
+    /// of the servers' instances stay as they are.
+    ClickHouse { tier: ClickHouseTier, inserts: u64 },
+}
+
+impl Sink {
+    async fn write(&mut self, rows: Vec<SegmentRow>) -> anyhow::Result<()> {
+        match self {
+            Sink::Segments(writer) => writer.write(rows)?,
+            Sink::ClickHouse { tier, inserts } => {
+                *inserts += 1;
+                tier.insert(&rows, &Applied::default(), *inserts).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the load; returns the number of files or inserts written
+    /// and their bytes (0 for ClickHouse).
+    fn finish(self) -> anyhow::Result<(u64, u64)> {
+        match self {
+            Sink::Segments(writer) => {
+                let segments = writer.finish()?;
+                Ok((segments.len() as u64, segments.iter().map(|s| s.bytes).sum()))
+            }
+            Sink::ClickHouse { inserts, .. } => Ok((inserts, 0)),
+        }
+    }
+}
+
 fn review_scores(rng: &mut StdRng) -> (Map<String, Value>, bool) {
     let against_rubric = rng.gen_bool(0.5);
     let scores = if against_rubric {
@@ -434,8 +475,13 @@ async fn main() -> anyhow::Result<()> {
 
     // Events, chunk by chunk: every chunk's rows are built, then appended to the segment.
     let events_started = Instant::now();
-    let mut writer =
-        BulkWriter::open(&settings.data_dir.join("events"), settings.rows_per_segment)?;
+    let mut sink = match &settings.clickhouse_url {
+        Some(url) => {
+            let instance = format!("datagen-{}", uuid::Uuid::new_v4());
+            Sink::ClickHouse { tier: ClickHouseTier::open(url, &instance).await?, inserts: 0 }
+        }
+        None => Sink::Segments(BulkWriter::open(&settings.data_dir.join("events"), settings.rows_per_segment)?),
+    };
     let text: String = "The user asks for a lunch place for six people with vegetarian options. "
         .chars()
         .cycle()
@@ -460,13 +506,13 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Write::Usage { .. } => {}
                 }
-                rows.push(writer.row(&organization_id, &write, first_seen)?);
+                rows.push(create_row(&organization_id, &write, 0, first_seen)?);
             }
         }
-        writer.write(rows)?;
+        sink.write(rows).await?;
         chunk_start = chunk_end;
     }
-    let segments = writer.finish()?;
+    let (segments, segment_bytes) = sink.finish()?;
     let event_seconds = events_started.elapsed().as_secs_f64();
 
     let reviews_started = Instant::now();
@@ -509,8 +555,8 @@ async fn main() -> anyhow::Result<()> {
         "usage_records": usage,
         "agents": settings.agents,
         "reviews": settings.reviews,
-        "segments": segments.len(),
-        "segment_bytes": segments.iter().map(|s| s.bytes).sum::<u64>(),
+        "segments": segments,
+        "segment_bytes": segment_bytes,
         "seconds": {"control_plane": control_seconds, "events": event_seconds, "reviews": review_seconds,
                     "total": started.elapsed().as_secs_f64()},
         "spans_per_second": spans as f64 / event_seconds.max(1e-9),

@@ -52,49 +52,8 @@ impl BulkWriter {
 
     /// Turns a create into its segment row; `first_seen` becomes the
     /// object's `created_at`.
-    pub fn row(
-        &self,
-        organization_id: &str,
-        write: &Write,
-        first_seen: i64,
-    ) -> Result<SegmentRow, StoreError> {
-        let (kind, id, trace_id, state) = match write {
-            Write::Trace { id, fields, .. } => {
-                let state = Layered::from_write(Op::Create, fields.clone(), self.seq, first_seen);
-                (
-                    KIND_TRACE,
-                    id,
-                    Some(id.clone()),
-                    serde_json::to_string(&state).map_err(StoreError::internal)?,
-                )
-            }
-            Write::Span { id, fields, .. } => {
-                let state = Layered::from_write(Op::Create, fields.clone(), self.seq, first_seen);
-                (
-                    KIND_SPAN,
-                    id,
-                    fields.trace_id.clone(),
-                    serde_json::to_string(&state).map_err(StoreError::internal)?,
-                )
-            }
-            Write::Usage { id, fields, .. } => {
-                let state = Layered::from_write(Op::Create, fields.clone(), self.seq, first_seen);
-                (
-                    KIND_USAGE,
-                    id,
-                    fields.trace_id.clone(),
-                    serde_json::to_string(&state).map_err(StoreError::internal)?,
-                )
-            }
-        };
-        Ok(SegmentRow {
-            organization_id: organization_id.to_string(),
-            kind,
-            id: id.clone(),
-            trace_id,
-            seq: self.seq,
-            state,
-        })
+    pub fn row(&self, organization_id: &str, write: &Write, first_seen: i64) -> Result<SegmentRow, StoreError> {
+        create_row(organization_id, write, self.seq, first_seen)
     }
 
     /// Appends rows made by [`BulkWriter::row`], starting a new segment
@@ -145,4 +104,46 @@ impl BulkWriter {
         self.finish_segment()?;
         Ok(self.written)
     }
+}
+
+/// Turns a create into the row of an object stored as if that one create
+/// had arrived, as log record `seq`; `first_seen` becomes its `created_at`.
+pub fn create_row(organization_id: &str, write: &Write, seq: u64, first_seen: i64) -> Result<SegmentRow, StoreError> {
+    let (kind, id, trace_id, state) = match write {
+        Write::Trace { id, fields, .. } => {
+            let state = Layered::from_write(Op::Create, fields.clone(), seq, first_seen);
+            (
+                KIND_TRACE,
+                id,
+                Some(id.clone()),
+                serde_json::to_string(&state).map_err(StoreError::internal)?,
+            )
+        }
+        Write::Span { id, fields, .. } => {
+            let state = Layered::from_write(Op::Create, fields.clone(), seq, first_seen);
+            (
+                KIND_SPAN,
+                id,
+                fields.trace_id.clone(),
+                serde_json::to_string(&state).map_err(StoreError::internal)?,
+            )
+        }
+        Write::Usage { id, fields, .. } => {
+            let state = Layered::from_write(Op::Create, fields.clone(), seq, first_seen);
+            (
+                KIND_USAGE,
+                id,
+                fields.trace_id.clone(),
+                serde_json::to_string(&state).map_err(StoreError::internal)?,
+            )
+        }
+    };
+    Ok(SegmentRow {
+        organization_id: organization_id.to_string(),
+        kind,
+        id: id.clone(),
+        trace_id,
+        seq,
+        state,
+    })
 }
