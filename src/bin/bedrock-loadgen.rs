@@ -17,6 +17,12 @@
 //! It stops by itself after `--duration-seconds` or `--spans`, whichever
 //! comes first, and prints a text report, or JSON with `--json`.
 //!
+//! With `--otlp`, clients export the same sessions as OpenTelemetry spans
+//! in OTLP protobuf to /v1/traces, `--batch-size` spans per request (100 by
+//! default), with OpenInference attributes: an AGENT root, CHAIN turns, LLM
+//! spans with token counts and TOOL spans. Each span is sent once, closed,
+//! as exporters do, and counts as stored unless `partial_success` rejects it.
+//!
 //! With `--query-rounds N`, it then runs each analytic query N times one
 //! after another and reports each one's latency percentiles. The queries are
 //! the trace list (unfiltered, by agent and by a metadata key), the usage
@@ -77,6 +83,10 @@ struct Settings {
     /// /api/tracing/ingest/ instead of one request each (0: one request each).
     #[arg(long, default_value_t = 0)]
     batch_size: usize,
+
+    /// Export spans in OTLP protobuf to /v1/traces instead of the REST harness protocol.
+    #[arg(long)]
+    otlp: bool,
 
     /// Times each analytic query this many times after the load (0: none).
     #[arg(long, default_value_t = 0)]
@@ -151,6 +161,24 @@ struct Client {
     /// Events per batch request; 0 sends every write as its own request.
     batch_size: usize,
     pending: Vec<Value>,
+    /// Spans waiting for the next OTLP export.
+    otlp_pending: Vec<otlp::Span>,
+}
+
+/// OTLP message types, as the OpenTelemetry protobuf definitions generate them.
+mod otlp {
+    pub use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    pub use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    pub use opentelemetry_proto::tonic::resource::v1::Resource;
+    pub use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+    pub fn text(key: &str, value: &str) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }), ..Default::default() }
+    }
+
+    pub fn int(key: &str, value: i64) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::IntValue(value)) }), ..Default::default() }
+    }
 }
 
 /// Spreads `rps` requests per second over all clients.
@@ -351,8 +379,160 @@ impl Client {
             .await;
     }
 
-    async fn run(mut self, eval_share: f64, client_index: usize) {
+    /// Queues one span for OTLP export, and exports when a batch is full.
+    async fn export_span(&mut self, span: otlp::Span) {
+        self.counters.spans_opened.fetch_add(1, Ordering::Relaxed);
+        self.otlp_pending.push(span);
+        if self.otlp_pending.len() >= self.batch_size.max(1) {
+            self.flush_otlp().await;
+        }
+    }
+
+    /// Exports the queued spans as one protobuf request and counts the ones
+    /// the server accepted.
+    async fn flush_otlp(&mut self) {
+        if self.otlp_pending.is_empty() {
+            return;
+        }
+        let spans = std::mem::take(&mut self.otlp_pending);
+        let sent = spans.len() as u64;
+        let request = otlp::ExportTraceServiceRequest {
+            resource_spans: vec![otlp::ResourceSpans {
+                resource: Some(otlp::Resource {
+                    attributes: vec![otlp::text("service.name", "bedrock-loadgen")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![otlp::ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let body = prost::Message::encode_to_vec(&request);
+        if let Some(limiter) = &self.limiter {
+            limiter.wait().await;
+        }
+        let started = Instant::now();
+        let result = self
+            .http
+            .post(format!("{}/v1/traces", self.base))
+            .header("Authorization", &self.key)
+            .header("Content-Type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await;
+        let status = match result {
+            Ok(response) => {
+                let status = response.status();
+                let bytes = response.bytes().await.unwrap_or_default();
+                if status.is_success() {
+                    let rejected = <otlp::ExportTraceServiceResponse as prost::Message>::decode(bytes.as_ref())
+                        .ok()
+                        .and_then(|reply| reply.partial_success)
+                        .map_or(0, |partial| partial.rejected_spans.max(0) as u64);
+                    let stored = sent.saturating_sub(rejected);
+                    self.counters.spans_stored.fetch_add(stored, Ordering::Relaxed);
+                    self.counters.spans_closed.fetch_add(stored, Ordering::Relaxed);
+                }
+                status.as_u16().to_string()
+            }
+            Err(err) if err.is_timeout() => "timeout".to_string(),
+            Err(_) => "connection error".to_string(),
+        };
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut histogram) = self.counters.latencies.lock() {
+            let _ = histogram.record((started.elapsed().as_micros() as u64).max(1));
+        }
+        *self.counters.statuses.lock().unwrap().entry(status).or_default() += 1;
+    }
+
+    /// One agent session as OTLP spans: the run's root, then per turn a
+    /// turn, an LLM call and a tool call, each exported once, closed.
+    async fn otlp_session(&mut self, agent: &str) {
+        let trace_id: [u8; 16] = self.rng.gen();
+        let span_id = |rng: &mut StdRng| -> Vec<u8> { rng.gen::<[u8; 8]>().to_vec() };
+        let root_id = span_id(&mut self.rng);
+        let nanos = |at: chrono::DateTime<chrono::Utc>| at.timestamp_nanos_opt().unwrap_or_default() as u64;
+        let start = chrono::Utc::now();
+        let turns = self.rng.gen_range(1..=4);
+        self.counters.traces.fetch_add(1, Ordering::Relaxed);
+        let mut spans = Vec::new();
+        let mut at = start;
+        for turn in 0..turns {
+            let turn_id = span_id(&mut self.rng);
+            let turn_start = at;
+            let llm_start = turn_start + chrono::Duration::milliseconds(1);
+            let llm_end = llm_start + chrono::Duration::milliseconds(self.rng.gen_range(200..2500));
+            let tool_end = llm_end + chrono::Duration::milliseconds(self.rng.gen_range(10..300));
+            let input_tokens = self.rng.gen_range(500..4000i64);
+            let output_tokens = self.rng.gen_range(10..400i64);
+            let failed = self.rng.gen_bool(0.05);
+            spans.push(otlp::Span {
+                trace_id: trace_id.to_vec(),
+                span_id: span_id(&mut self.rng),
+                parent_span_id: turn_id.clone(),
+                name: "openrouter_api_call".into(),
+                start_time_unix_nano: nanos(llm_start),
+                end_time_unix_nano: nanos(llm_end),
+                attributes: vec![
+                    otlp::text("openinference.span.kind", "LLM"),
+                    otlp::text("llm.model_name", "openai/gpt-4o-mini"),
+                    otlp::int("llm.token_count.prompt", input_tokens),
+                    otlp::int("llm.token_count.completion", output_tokens),
+                    otlp::text("input.value", &self.text),
+                    otlp::text("output.value", "I will check the forecast."),
+                    otlp::text("agent.id", agent),
+                ],
+                ..Default::default()
+            });
+            spans.push(otlp::Span {
+                trace_id: trace_id.to_vec(),
+                span_id: span_id(&mut self.rng),
+                parent_span_id: turn_id.clone(),
+                name: "get_forecast".into(),
+                start_time_unix_nano: nanos(llm_end),
+                end_time_unix_nano: nanos(tool_end),
+                attributes: vec![
+                    otlp::text("openinference.span.kind", "TOOL"),
+                    otlp::text("input.value", "{\"city\": \"Lisbon\"}"),
+                    otlp::text("output.value", if failed { "" } else { "Sunny, 21 C." }),
+                ],
+                status: failed.then(|| otlp::Status { code: 2, message: "tool timed out".into() }),
+                ..Default::default()
+            });
+            spans.push(otlp::Span {
+                trace_id: trace_id.to_vec(),
+                span_id: turn_id,
+                parent_span_id: root_id.clone(),
+                name: format!("turn_{turn}"),
+                start_time_unix_nano: nanos(turn_start),
+                end_time_unix_nano: nanos(tool_end),
+                attributes: vec![otlp::text("openinference.span.kind", "CHAIN")],
+                ..Default::default()
+            });
+            at = tool_end;
+        }
+        spans.push(otlp::Span {
+            trace_id: trace_id.to_vec(),
+            span_id: root_id,
+            name: "run_agent".into(),
+            start_time_unix_nano: nanos(start),
+            end_time_unix_nano: nanos(at),
+            attributes: vec![otlp::text("openinference.span.kind", "AGENT"), otlp::text("agent.id", agent)],
+            ..Default::default()
+        });
+        for span in spans {
+            self.export_span(span).await;
+        }
+    }
+
+    async fn run(mut self, eval_share: f64, client_index: usize, otlp: bool) {
         let agent = format!("agent-{}", client_index % 16);
+        if otlp {
+            while !self.stopped() {
+                self.otlp_session(&agent).await;
+            }
+            self.flush_otlp().await;
+            return;
+        }
         while !self.stopped() {
             if self.rng.gen_bool(eval_share.clamp(0.0, 1.0)) {
                 for n in 0..3 {
@@ -447,10 +627,11 @@ async fn main() -> anyhow::Result<()> {
             limiter: limiter.clone(),
             text: text.clone(),
             span_limit: settings.spans,
-            batch_size: settings.batch_size,
+            batch_size: if settings.otlp && settings.batch_size == 0 { 100 } else { settings.batch_size },
             pending: Vec::new(),
+            otlp_pending: Vec::new(),
         };
-        tasks.push(tokio::spawn(client.run(settings.eval_share, index)));
+        tasks.push(tokio::spawn(client.run(settings.eval_share, index, settings.otlp)));
     }
     let deadline = tokio::time::sleep(Duration::from_secs(settings.duration_seconds));
     tokio::pin!(deadline);
@@ -484,6 +665,7 @@ async fn main() -> anyhow::Result<()> {
         "requests_per_second": requests as f64 / elapsed,
         "traces": counters.traces.load(Ordering::Relaxed),
         "batch_size": settings.batch_size,
+        "otlp": settings.otlp,
         "spans_opened": counters.spans_opened.load(Ordering::Relaxed),
         "spans_stored": counters.spans_stored.load(Ordering::Relaxed),
         "spans_acknowledged": spans_closed,
