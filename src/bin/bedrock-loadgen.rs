@@ -92,6 +92,10 @@ struct Settings {
     #[arg(long, default_value_t = 0)]
     query_rounds: u64,
 
+    /// Seconds an analytic query may take before it counts as an error.
+    #[arg(long, default_value_t = 300)]
+    query_timeout_seconds: u64,
+
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -389,12 +393,26 @@ impl Client {
     }
 
     /// Exports the queued spans as one protobuf request and counts the ones
-    /// the server accepted.
+    /// the server accepted. Like OpenTelemetry exporters, it retries a 503
+    /// after its `Retry-After`, up to `MAX_OTLP_RETRIES` times.
     async fn flush_otlp(&mut self) {
-        if self.otlp_pending.is_empty() {
-            return;
+        const MAX_OTLP_RETRIES: u32 = 5;
+        for _ in 0..=MAX_OTLP_RETRIES {
+            match self.export_once().await {
+                Some(wait) if !self.counters.stop.load(Ordering::Relaxed) => tokio::time::sleep(wait).await,
+                _ => break,
+            }
         }
-        let spans = std::mem::take(&mut self.otlp_pending);
+        self.otlp_pending.clear();
+    }
+
+    /// Sends the queued spans once. Returns how long to wait before a retry
+    /// when the server answered 503.
+    async fn export_once(&mut self) -> Option<Duration> {
+        if self.otlp_pending.is_empty() {
+            return None;
+        }
+        let spans = self.otlp_pending.clone();
         let sent = spans.len() as u64;
         let request = otlp::ExportTraceServiceRequest {
             resource_spans: vec![otlp::ResourceSpans {
@@ -419,9 +437,19 @@ impl Client {
             .body(body)
             .send()
             .await;
+        let mut retry = None;
         let status = match result {
             Ok(response) => {
                 let status = response.status();
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    let seconds = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(1);
+                    retry = Some(Duration::from_secs(seconds));
+                }
                 let bytes = response.bytes().await.unwrap_or_default();
                 if status.is_success() {
                     let rejected = <otlp::ExportTraceServiceResponse as prost::Message>::decode(bytes.as_ref())
@@ -442,6 +470,7 @@ impl Client {
             let _ = histogram.record((started.elapsed().as_micros() as u64).max(1));
         }
         *self.counters.statuses.lock().unwrap().entry(status).or_default() += 1;
+        retry
     }
 
     /// One agent session as OTLP spans: the run's root, then per turn a
@@ -653,6 +682,7 @@ async fn main() -> anyhow::Result<()> {
     let errors: u64 = statuses.iter().filter(|(status, _)| !status.starts_with('2')).map(|(_, n)| n).sum();
     let millis = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let queries = if settings.query_rounds > 0 {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(settings.query_timeout_seconds)).build()?;
         Some(time_queries(&http, &base, &key, settings.query_rounds).await?)
     } else {
         None
