@@ -1,8 +1,9 @@
 //! The analytic queries on a fixed data set in the embedded store: 2,000
-//! traces with a root and an `llm` span each, half flushed to a segment and
-//! half in the buffer, 3 agents and 2 models. Measures the usage summary by
-//! model and day, and the first page of the trace list, plain and filtered
-//! by agent and by a metadata key.
+//! traces with a root, an `llm` span and a checkpoint each, half flushed to a
+//! segment and half in the buffer, 3 agents, 2 models and one review per
+//! trace. Measures the usage summary by model and day, the first page of the
+//! trace list, plain and filtered by agent and by a metadata key, and the
+//! checkpoint and review summaries.
 
 use std::sync::Arc;
 
@@ -11,8 +12,8 @@ use serde_json::{json, Value};
 
 use bedrock_ingest::validate::{span_write, trace_write, Limits};
 use bedrock_query::trace_list::{Paging, SortField, TraceFilter};
-use bedrock_query::{Prices, TraceQueries, UsageFilter, UsageQueries};
-use bedrock_store::control::ControlPlane;
+use bedrock_query::{EvalFilter, EvalGroup, EvalQueries, Prices, TraceQueries, UsageFilter, UsageQueries};
+use bedrock_store::control::{ControlPlane, Review};
 use bedrock_store::events::model::{Batch, Op, Write};
 use bedrock_store::events::EventStore;
 
@@ -39,6 +40,8 @@ fn trace_writes(n: usize) -> Vec<Write> {
         write(format!("{trace}-llm"), "span", Op::Create, json!({"trace_id": trace, "name": "call", "span_type": "llm", "started_at": started})),
         write(format!("{trace}-llm"), "span", Op::Update, json!({"ended_at": started, "metadata": {"llm_cost": {
             "model": model, "input_tokens": 1200, "output_tokens": 40, "cached_tokens": 200, "total_cost_usd": 0.00021}}})),
+        write(format!("{trace}-checkpoint"), "span", Op::Create, json!({"trace_id": trace, "name": "goal", "span_type": "checkpoint",
+            "started_at": started, "metadata": {"passed": n % 3 != 0, "scenario": scenario}})),
         write(trace, "trace", Op::Update, json!({"ended_at": started, "error": ""})),
     ]
 }
@@ -46,7 +49,7 @@ fn trace_writes(n: usize) -> Vec<Write> {
 fn queries(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (traces, usage) = runtime.block_on(async {
+    let (traces, usage, evals) = runtime.block_on(async {
         let store = Arc::new(EventStore::open(&dir.path().join("events")).unwrap());
         for n in 0..TRACES {
             let batch = Batch { organization_id: ORGANIZATION.into(), received_at: 1_780_000_000_000_000, writes: trace_writes(n) };
@@ -57,8 +60,24 @@ fn queries(c: &mut Criterion) {
         }
         let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
         control.migrate().await.unwrap();
-        let prices = Prices::new(control);
-        (TraceQueries::new(store.clone(), prices.clone()), UsageQueries::new(store, prices))
+        control.execute_admin("INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('org', 'org', 0, 0)").await.unwrap();
+        let reviews: Vec<Review> = (0..TRACES)
+            .map(|n| Review {
+                id: format!("review-{n}"),
+                organization_id: ORGANIZATION.into(),
+                trace_id: format!("trace-{n}"),
+                reviewer_id: None,
+                source: "automated".into(),
+                criterion_scores: json!({"accuracy": (n % 10) as f64 / 10.0, "tone": {"score": n % 5, "max": 4}}).as_object().unwrap().clone(),
+                comment: String::new(),
+                eval_id: None,
+                created_at: 0,
+                updated_at: 0,
+            })
+            .collect();
+        control.insert_reviews(&reviews).await.unwrap();
+        let prices = Prices::new(control.clone());
+        (TraceQueries::new(store.clone(), prices.clone()), UsageQueries::new(store.clone(), prices), EvalQueries::new(store, control))
     });
 
     let mut group = c.benchmark_group("queries_2000_traces");
@@ -80,6 +99,13 @@ fn queries(c: &mut Criterion) {
             })
         });
     }
+    let by_agent_scenario = [EvalGroup::Agent, EvalGroup::Scenario];
+    group.bench_function("checkpoint_summary_by_agent_scenario", |b| {
+        b.iter(|| runtime.block_on(evals.checkpoint_summary(ORGANIZATION, &EvalFilter::default(), &by_agent_scenario)).unwrap())
+    });
+    group.bench_function("review_summary_by_agent_scenario", |b| {
+        b.iter(|| runtime.block_on(evals.review_summary(ORGANIZATION, &EvalFilter::default(), &by_agent_scenario)).unwrap())
+    });
     group.finish();
 }
 
