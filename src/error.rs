@@ -139,7 +139,13 @@ impl IntoResponse for ApiError {
                 json!({ "detail": "Method not allowed on this path." }),
             ),
             ApiError::Conflict(detail) => (StatusCode::CONFLICT, json!({ "detail": detail })),
-            ApiError::PayloadTooLarge(body) => (StatusCode::PAYLOAD_TOO_LARGE, body),
+            ApiError::PayloadTooLarge(body) => {
+                let mut response = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+                // The rest of the body was never read, so the connection cannot
+                // carry another request; saying so keeps clients off it.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
             ApiError::Unavailable { detail, retry_after_secs } => {
                 let mut response =
                     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "detail": detail }))).into_response();

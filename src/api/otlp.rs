@@ -75,6 +75,11 @@ impl ExportError {
                 (self.status, axum::Json(json!({"code": code, "message": self.message}))).into_response()
             }
         };
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read, so the connection cannot
+            // carry another request; saying so keeps clients off it.
+            response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(seconds) = self.retry_after_secs {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
