@@ -666,6 +666,7 @@ async fn summaries_reject_unknown_parameters(backend: Backend) {
             ("group_by=agent_tag:", "group_by"),
             ("start=yesterday", "start"),
             ("end=2026-13-01", "end"),
+            ("agent_purpose=test", "agent_purpose"),
         ] {
             let (status, body) = server.get(&format!("{path}?{query}"), &key).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path}?{query}: {body}");

@@ -23,6 +23,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::agents::PURPOSES;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, FieldErrors};
@@ -447,6 +448,11 @@ fn summary_request(query: &QueryPairs) -> ApiResult<(EvalFilter, Vec<EvalGroup>)
                 "group_by",
                 format!("\"{raw}\" is not a valid choice. Use any of: agent, agent_tag:<prefix>, scenario, name, day."),
             ),
+        }
+    }
+    if let Some(purpose) = query.get("agent_purpose").filter(|p| !p.is_empty()) {
+        if !PURPOSES.contains(&purpose) {
+            errors.add("agent_purpose", format!("\"{purpose}\" is not a valid choice. Use one of: {}.", PURPOSES.join(", ")));
         }
     }
     errors.finish()?;
