@@ -80,10 +80,59 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(invalid_utf8_error(bytes));
     }
-    serde_json::from_slice(bytes).map_err(|err| match non_finite_number_error(bytes) {
-        Some(named) => named,
-        None => ApiError::BadRequest(format!("JSON parse error - {err}")),
+    serde_json::from_slice(bytes).map_err(|err| {
+        let named = if err.to_string().starts_with("number out of range") {
+            out_of_range_number_error(bytes)
+        } else {
+            non_finite_number_error(bytes)
+        };
+        named.unwrap_or_else(|| ApiError::BadRequest(format!("JSON parse error - {err}")))
     })
+}
+
+/// Most numbers too large for a double that one error report names.
+const MAX_NAMED_NUMBERS: usize = 100;
+
+/// Finds the fields that hold numbers too large for a double, such as
+/// `1e400`, so the 400 names them.
+fn out_of_range_number_error(bytes: &[u8]) -> Option<ApiError> {
+    let mut text = std::str::from_utf8(bytes).ok()?.to_string();
+    let is_number_byte = |b: u8| b.is_ascii_digit() || matches!(b, b'e' | b'E' | b'+' | b'-' | b'.');
+    for _ in 0..MAX_NAMED_NUMBERS {
+        let err = match serde_json::from_str::<Value>(&text) {
+            Ok(value) => {
+                let mut paths = Vec::new();
+                find_strings(&value, String::new(), &|s| s == "\u{0}bedrock-out-of-range\u{0}", &mut paths);
+                if paths.is_empty() {
+                    return None;
+                }
+                let mut fields = BTreeMap::new();
+                for path in paths {
+                    fields.insert(path, vec!["This number is too large: send a finite number within the range of a double.".to_string()]);
+                }
+                return Some(ApiError::Validation(fields));
+            }
+            Err(err) if err.to_string().starts_with("number out of range") => err,
+            Err(_) => return None,
+        };
+        // The error's line and column point into the number; widen to the whole token.
+        let line_start: usize = text.split_inclusive('\n').take(err.line().saturating_sub(1)).map(str::len).sum();
+        let position = (line_start + err.column().saturating_sub(1)).min(text.len().saturating_sub(1));
+        let raw = text.as_bytes();
+        let mut start = position;
+        while start > 0 && is_number_byte(raw[start - 1]) {
+            start -= 1;
+        }
+        let mut end = position;
+        while end < raw.len() && is_number_byte(raw[end]) {
+            end += 1;
+        }
+        if start >= end {
+            return None;
+        }
+        text.replace_range(start..end, "\"\\u0000bedrock-out-of-range\\u0000\"");
+    }
+    None
 }
 
 const NON_FINITE_MARKER: &str = "\\u0000bedrock-non-finite\\u0000";

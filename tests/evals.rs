@@ -187,6 +187,11 @@ async fn bad_reviews_name_the_field(backend: Backend) {
     }
     let (status, response) = server.call_raw(Method::POST, url, Some(&key), br#"{"criterion_scores": {"a": 1e999}}"#.to_vec()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a number out of range: {response}");
+    assert!(response.get("criterion_scores.a").is_some(), "{response}");
+    let raw = b"{\"criterion_scores\": {\"a\": 1, \"b\": {\"score\": -2e400}},\n \"comment\": \"x\"}";
+    let (status, response) = server.call_raw(Method::POST, url, Some(&key), raw.to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(response.get("criterion_scores.b.score").is_some(), "{response}");
     let (status, response) = server.call_raw(Method::POST, url, Some(&key), b"{\"comment\": \"\xff\"}".to_vec()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(response.get("comment").is_some(), "{response}");

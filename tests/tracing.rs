@@ -373,7 +373,7 @@ async fn bad_input_names_the_field(backend: Backend) {
         .call_raw(Method::POST, "/api/tracing/traces/", Some(&key), br#"{"name": "n", "metadata": {"n": 1e400}}"#.to_vec())
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(response["detail"].as_str().unwrap().contains("number out of range"), "{response}");
+    assert!(response.get("metadata.n").is_some(), "the 400 names the field: {response}");
 
     // Nothing half-written: none of the rejected spans exists.
     let (_, spans) = server.get("/api/tracing/spans/", &key).await;
