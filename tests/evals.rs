@@ -596,7 +596,7 @@ async fn review_summary_matches_listed_reviews(backend: Backend) {
         let agent = t["agent_id"].as_str().or_else(|| first_checkpoint.as_ref().and_then(|s| s["metadata"]["agent_id"].as_str()));
         for review in list_all(&server, &key, &format!("/api/tracing/traces/{trace_id}/reviews/")).await {
             let rubric = |criterion: &str| -> Option<(f64, f64)> {
-                (review["eval"] == case_id).then(|| match criterion {
+                (review["eval"] == case_id).then_some(match criterion {
                     "accuracy" => Some((3.0, 10.0)),
                     "tone" => Some((1.0, 5.0)),
                     _ => None,

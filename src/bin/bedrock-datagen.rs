@@ -303,6 +303,8 @@ fn trace_writes(
 }
 
 /// Where the generated events go.
+// One value exists per run, so the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Sink {
     Segments(BulkWriter),
     /// ClickHouse, written as an instance of its own, so the flush markers
