@@ -9,7 +9,8 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldErrors};
+use crate::time::parse_timestamp;
 
 /// A JSON body deserialized into `T`. Unknown fields are ignored, as Django
 /// REST Framework does.
@@ -300,6 +301,31 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
             .map(QueryPairs)
             .map_err(|err| ApiError::BadRequest(format!("Invalid query string: {err}")))
     }
+}
+
+/// Adds an error for each query parameter outside `allowed`.
+pub fn reject_unknown_parameters(query: &QueryPairs, allowed: &[&str], errors: &mut FieldErrors) {
+    for (key, _) in &query.0 {
+        if !allowed.contains(&key.as_str()) {
+            errors.add(key.clone(), format!("Unknown filter. Use one of: {}.", allowed.join(", ")));
+        }
+    }
+}
+
+/// Reads a non-empty text parameter.
+pub fn text_parameter(query: &QueryPairs, key: &str) -> Option<String> {
+    query.get(key).filter(|v| !v.is_empty()).map(str::to_string)
+}
+
+/// Reads an ISO 8601 time parameter as microseconds, adding an error when it
+/// is not one.
+pub fn time_parameter(query: &QueryPairs, key: &str, errors: &mut FieldErrors) -> Option<i64> {
+    let raw = query.get(key).filter(|v| !v.is_empty())?;
+    let micros = parse_timestamp(raw);
+    if micros.is_none() {
+        errors.add(key, "Datetime has wrong format. Use ISO 8601, e.g. 2026-03-01T00:00:00Z.");
+    }
+    micros
 }
 
 /// Page-number pagination as in DRF: `page` (from 1) and `page_size` (max 1000).

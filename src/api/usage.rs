@@ -28,8 +28,8 @@ use crate::api::formats::{tabular, Format, USAGE_COLUMNS, USAGE_TOTAL_COLUMNS};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, FieldErrors};
-use crate::extract::{json_type_name, JsonBody, JsonValue, PageParams, QueryPairs, RequestUrl};
-use crate::time::{format_micros, now_micros, parse_timestamp};
+use crate::extract::{json_type_name, reject_unknown_parameters, text_parameter, time_parameter, JsonBody, JsonValue, PageParams, QueryPairs, RequestUrl};
+use crate::time::{format_micros, now_micros};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,25 +49,11 @@ pub const MAX_RECORDS_PER_REQUEST: usize = 1000;
 /// Reads the usage filters, rejecting query parameters outside `allowed`.
 fn usage_filter(query: &QueryPairs, allowed: &[&str]) -> ApiResult<UsageFilter> {
     let mut errors = FieldErrors::default();
-    for (key, _) in &query.0 {
-        if !allowed.contains(&key.as_str()) {
-            errors.add(key.clone(), format!("Unknown filter. Use one of: {}.", allowed.join(", ")));
-        }
-    }
-    let text = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(str::to_string);
-    let mut time = |key: &str| match query.get(key).filter(|v| !v.is_empty()) {
-        None => None,
-        Some(raw) => match parse_timestamp(raw) {
-            Some(micros) => Some(micros),
-            None => {
-                errors.add(key, "Datetime has wrong format. Use ISO 8601, e.g. 2026-03-01T00:00:00Z.");
-                None
-            }
-        },
-    };
-    let start = time("start");
-    let end = time("end");
+    reject_unknown_parameters(query, allowed, &mut errors);
+    let start = time_parameter(query, "start", &mut errors);
+    let end = time_parameter(query, "end", &mut errors);
     errors.finish()?;
+    let text = |key: &str| text_parameter(query, key);
     Ok(UsageFilter { agent: text("agent"), model: text("model"), trace: text("trace"), start, end })
 }
 
