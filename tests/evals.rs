@@ -277,7 +277,7 @@ async fn eval_cases_are_checked(backend: Backend) {
 
 // ---- summaries ----
 
-/// Every row of a paginated list.
+/// Returns every row of a paginated list.
 async fn list_all(server: &TestServer, key: &str, path: &str) -> Vec<Value> {
     let (status, body) = server.get(path, key).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -324,7 +324,7 @@ struct Row {
     criteria: Vec<(String, f64, f64)>,
 }
 
-/// One filter of the summaries, as query parameters and as a predicate.
+/// Reports whether a row passes the summary filters given as query parameters.
 fn matches(row: &Row, agents: &Agents, params: &[(&str, &str)]) -> bool {
     params.iter().all(|(key, value)| match *key {
         "agent" => row.agent.as_deref() == Some(*value),
@@ -338,7 +338,7 @@ fn matches(row: &Row, agents: &Agents, params: &[(&str, &str)]) -> bool {
     })
 }
 
-/// The group keys a row falls in: one per combination of its values.
+/// Returns the group keys a row falls in: one per combination of its values.
 fn group_keys(row: &Row, agents: &Agents, group_by: &[&str]) -> Vec<Vec<Value>> {
     let mut keys: Vec<Vec<Value>> = vec![Vec::new()];
     for dimension in group_by {
@@ -474,7 +474,7 @@ async fn check_summary(
     checked_groups
 }
 
-/// A deterministic data set: agents with tags and purposes, checkpoints one
+/// Generates a deterministic data set: agents with tags and purposes, checkpoints one
 /// per trace as the harness sends them plus traces with several, some
 /// without an agent row, and reviews of many shapes on the same traces.
 async fn generate(server: &TestServer, key: &str) -> Vec<String> {

@@ -39,9 +39,9 @@ pub fn tag_value<'a>(tag: &'a str, prefix: &str) -> Option<&'a str> {
     tag.strip_prefix(prefix)?.strip_prefix(':')
 }
 
-/// Longest criterion name, in bytes.
+/// Maximum length of a criterion name, in bytes.
 pub const MAX_CRITERION_BYTES: usize = 255;
-/// Most criteria in one review or one rubric.
+/// Maximum number of criteria in one review or one rubric.
 pub const MAX_CRITERIA: usize = 200;
 
 /// A problem with an input value, at a dotted field path such as
@@ -67,7 +67,7 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-/// A finite JSON number, or the reason it is not one.
+/// Reads a finite JSON number, or returns the reason it is not one.
 fn finite_number(value: &Value) -> Result<f64, String> {
     match value {
         Value::Number(number) => match number.as_f64() {
@@ -327,7 +327,7 @@ pub struct ResolvedScore {
 }
 
 impl ResolvedScore {
-    /// The score as a fraction of its max.
+    /// Returns the score as a fraction of its max.
     pub fn normalized(&self) -> f64 {
         self.score / self.max
     }
@@ -374,7 +374,7 @@ pub fn weighted_score(scores: &[ResolvedScore]) -> Option<f64> {
     score.is_finite().then_some(score)
 }
 
-/// The shortest decimal that reads back as `x`, as an exact fraction.
+/// Returns the shortest decimal that reads back as `x`, as an exact fraction.
 /// `x` must be finite.
 fn exact_decimal(x: f64) -> BigRational {
     // `{:e}` prints the shortest round-trip digits: "-1.25e-3", "8e-1".
@@ -402,7 +402,7 @@ fn exact_decimal(x: f64) -> BigRational {
     }
 }
 
-/// The `q`-quantile (0 ≤ q ≤ 1) of `sorted` values by linear interpolation
+/// Returns the `q`-quantile (0 ≤ q ≤ 1) of `sorted` values by linear interpolation
 /// between closest ranks (the default of NumPy and of `percentile_cont`), or
 /// `None` for no values.
 pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn non_finite_values_cannot_be_parsed_from_numbers() {
-        // serde_json never holds NaN in a Number; a Value made from NaN is null,
+        // serde_json never stores NaN in a Number; a Value made from NaN is null,
         // which an object score reports as a missing score.
         let nan = serde_json::to_value(f64::NAN).unwrap();
         let errors = parse_criterion_scores(&json!({"a": {"score": nan}})).unwrap_err();

@@ -68,7 +68,7 @@ impl EvalGroup {
         }
     }
 
-    /// The key of this dimension in a group's JSON.
+    /// Returns the key of this dimension in a group's JSON.
     pub fn label(&self) -> String {
         match self {
             EvalGroup::Agent => "agent".into(),
@@ -80,7 +80,7 @@ impl EvalGroup {
     }
 }
 
-/// A checkpoint span as the summary sees it.
+/// A checkpoint span as the summary reads it.
 #[derive(Debug, Clone)]
 struct CheckpointRow {
     agent_id: Option<String>,
@@ -137,7 +137,7 @@ fn text_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(StringArray::from_iter(values))
 }
 
-/// The agent of a trace: its `agent_id`, else the `agent_id` in its
+/// Returns the agent of a trace: its `agent_id`, else the `agent_id` in its
 /// checkpoint's metadata.
 fn span_agent(trace_agent: Option<&String>, span: &SpanFields) -> Option<String> {
     trace_agent.cloned().or_else(|| match span.metadata.as_ref().and_then(|m| m.get("agent_id")) {
@@ -146,7 +146,7 @@ fn span_agent(trace_agent: Option<&String>, span: &SpanFields) -> Option<String>
     })
 }
 
-/// The column a group dimension reads, by its position in `group_by`.
+/// Returns the column a group dimension reads, by its position in `group_by`.
 fn group_column(group: &EvalGroup, index: usize) -> String {
     match group {
         EvalGroup::Agent => "agent_id".into(),
@@ -182,7 +182,7 @@ impl EvalQueries {
         EvalQueries { store, control }
     }
 
-    /// The pass rate of one trace's checkpoint spans, `None` without any.
+    /// Returns the pass rate of one trace's checkpoint spans, `None` without any.
     pub async fn trace_pass_rate(&self, organization_id: &str, trace_id: &str) -> Result<Option<f64>, QueryError> {
         let spans = self.store.spans_of_trace(organization_id, trace_id).await?;
         let (mut passed, mut total) = (0, 0);
@@ -198,7 +198,7 @@ impl EvalQueries {
         Ok(pass_rate(passed, total))
     }
 
-    /// The computed fields of a review.
+    /// Returns the computed fields of a review.
     pub async fn review_scores(&self, review: &Review, eval_case: Option<&EvalCase>) -> Result<ReviewScores, QueryError> {
         Ok(ReviewScores {
             checkpoint_pass_rate: self.trace_pass_rate(&review.organization_id, &review.trace_id).await?,
@@ -369,8 +369,8 @@ impl EvalQueries {
         Ok(frame)
     }
 
-    /// Adds the columns of tag dimensions: an agent with several tags of one
-    /// prefix is in each of their groups; one with none is in the null group.
+    /// Adds the columns of tag dimensions. An agent with several tags of one
+    /// prefix is in each of their groups, and one with none is in the null group.
     async fn with_tag_groups(&self, context: &SessionContext, mut frame: DataFrame, groups: &[EvalGroup]) -> Result<DataFrame, QueryError> {
         for (index, group) in groups.iter().enumerate() {
             if let EvalGroup::AgentTag(_) = group {
@@ -612,7 +612,7 @@ impl EvalQueries {
     }
 }
 
-/// The group's keys, labelled as in `group_by`.
+/// Returns the group's keys, labelled as in `group_by`.
 fn group_keys(batch: &RecordBatch, groups: &[EvalGroup], row: usize) -> Result<Map<String, Value>, QueryError> {
     let mut keys = Map::new();
     for (index, group) in groups.iter().enumerate() {

@@ -99,7 +99,7 @@ impl TraceQueries {
 
     /// A trace without its spans, as create and update responses return it.
     /// While the event store is unreachable, it is built from what this
-    /// instance holds in memory.
+    /// instance has in memory.
     pub async fn written_trace(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
         let Some(state) = self.store.trace_or_buffered(organization_id, id).await? else {
             return Ok(None);

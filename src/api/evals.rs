@@ -27,8 +27,8 @@ use crate::api::agents::PURPOSES;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, FieldErrors};
-use crate::extract::{double_option, JsonBody, PageParams, QueryPairs, RequestUrl};
-use crate::time::{format_micros, now_micros, parse_timestamp};
+use crate::extract::{double_option, reject_unknown_parameters, text_parameter, time_parameter, JsonBody, PageParams, QueryPairs, RequestUrl};
+use crate::time::{format_micros, now_micros};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -268,7 +268,7 @@ pub struct EvalCaseIn {
     /// Any JSON: the input the agent is given.
     #[schema(value_type = Option<Object>)]
     input: Option<Value>,
-    /// Any JSON: what a good answer contains.
+    /// Any JSON: what a good output contains.
     #[schema(value_type = Option<Object>)]
     expected: Option<Value>,
     /// A list of `{"criterion", "weight", "max", "description"}`; weight and max default to 1.
@@ -421,24 +421,9 @@ const SUMMARY_PARAMETERS: [&str; 8] = ["agent", "agent_tag", "agent_purpose", "s
 /// Reads the summary filters and `group_by`, rejecting unknown parameters.
 fn summary_request(query: &QueryPairs) -> ApiResult<(EvalFilter, Vec<EvalGroup>)> {
     let mut errors = FieldErrors::default();
-    for (key, _) in &query.0 {
-        if !SUMMARY_PARAMETERS.contains(&key.as_str()) {
-            errors.add(key.clone(), format!("Unknown filter. Use one of: {}.", SUMMARY_PARAMETERS.join(", ")));
-        }
-    }
-    let text = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(str::to_string);
-    let mut time = |key: &str| match query.get(key).filter(|v| !v.is_empty()) {
-        None => None,
-        Some(raw) => match parse_timestamp(raw) {
-            Some(micros) => Some(micros),
-            None => {
-                errors.add(key, "Datetime has wrong format. Use ISO 8601, e.g. 2026-03-01T00:00:00Z.");
-                None
-            }
-        },
-    };
-    let start = time("start");
-    let end = time("end");
+    reject_unknown_parameters(query, &SUMMARY_PARAMETERS, &mut errors);
+    let start = time_parameter(query, "start", &mut errors);
+    let end = time_parameter(query, "end", &mut errors);
     let mut groups: Vec<EvalGroup> = Vec::new();
     for raw in query.all("group_by").flat_map(|v| v.split(',')).map(str::trim).filter(|k| !k.is_empty()) {
         match EvalGroup::parse(raw) {
@@ -456,6 +441,7 @@ fn summary_request(query: &QueryPairs) -> ApiResult<(EvalFilter, Vec<EvalGroup>)
         }
     }
     errors.finish()?;
+    let text = |key: &str| text_parameter(query, key);
     let filter = EvalFilter {
         agent: text("agent"),
         agent_tags: query.all("agent_tag").filter(|t| !t.is_empty()).map(str::to_string).collect(),
@@ -470,9 +456,9 @@ fn summary_request(query: &QueryPairs) -> ApiResult<(EvalFilter, Vec<EvalGroup>)
 
 /// Checkpoint pass rates over any filter, overall and per group.
 ///
-/// Filters: `agent`, `agent_tag` (repeatable; the agent must have every
-/// one), `agent_purpose`, `scenario` (checkpoint metadata), `name` (the
-/// checkpoint's name), `start` (inclusive) and `end` (exclusive) on the
+/// Filters: `agent`, `agent_tag` (repeatable, and the agent must have every
+/// one), `agent_purpose`, `scenario` (checkpoint metadata) and `name` (the
+/// checkpoint's name). `start` (inclusive) and `end` (exclusive) bound the
 /// checkpoint's time. `group_by`: any of `agent`, `agent_tag:<prefix>`,
 /// `scenario`, `name`, `day` (UTC), comma-separated.
 #[utoipa::path(get, path = "/api/tracing/checkpoints/summary/", tag = "evaluations",
@@ -487,10 +473,10 @@ async fn checkpoint_summary(State(state): State<AppState>, principal: Principal,
 
 /// Review scores over any filter, overall and per group.
 ///
-/// The filters and groups of the checkpoint summary; a review's agent, name
-/// and time are those of the reviewed trace (its time is the review's when
-/// the trace has none), and its scenario is the trace's `metadata.scenario`,
-/// else its first checkpoint's. Each group has `review_count`,
+/// It takes the filters and groups of the checkpoint summary. A review's
+/// agent, name and time are those of the reviewed trace (its time is the
+/// review's when the trace has none). Its scenario is the trace's
+/// `metadata.scenario`, else its first checkpoint's. Each group has `review_count`,
 /// `scored_count`, `mean_weighted_score`, `min`, `q1`, `median`, `q3`, `max`
 /// and the mean of each criterion.
 #[utoipa::path(get, path = "/api/tracing/reviews/summary/", tag = "evaluations",

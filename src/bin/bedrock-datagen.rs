@@ -302,7 +302,7 @@ fn trace_writes(
     writes
 }
 
-/// Where the generated events go.
+/// The destination of the generated events.
 // One value exists per run, so the size of its variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Sink {

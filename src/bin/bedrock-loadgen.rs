@@ -407,7 +407,7 @@ impl Client {
     }
 
     /// Sends the queued spans once. Returns how long to wait before a retry
-    /// when the server answered 503.
+    /// when the server returned 503.
     async fn export_once(&mut self) -> Option<Duration> {
         if self.otlp_pending.is_empty() {
             return None;
@@ -473,7 +473,7 @@ impl Client {
         retry
     }
 
-    /// One agent session as OTLP spans: the run's root, then per turn a
+    /// Exports one agent session as OTLP spans: the run's root, then per turn a
     /// turn, an LLM call and a tool call, each exported once, closed.
     async fn otlp_session(&mut self, agent: &str) {
         let trace_id: [u8; 16] = self.rng.gen();

@@ -44,7 +44,7 @@ pub struct Review {
     pub updated_at: i64,
 }
 
-/// What the eval dashboards need of one agent.
+/// The facts about one agent that the eval dashboards need.
 #[derive(Debug, Clone)]
 pub struct AgentFacts {
     pub id: String,
@@ -55,7 +55,7 @@ pub struct AgentFacts {
 fn eval_case_from_row(row: &AnyRow) -> Result<EvalCase, StoreError> {
     let metadata = match json_column(row, "metadata")? {
         Value::Object(map) => map,
-        _ => return Err(StoreError::Internal("eval_cases.metadata holds JSON that is not an object".into())),
+        _ => return Err(StoreError::Internal("eval_cases.metadata contains JSON that is not an object".into())),
     };
     Ok(EvalCase {
         id: row.try_get("id")?,
@@ -73,7 +73,7 @@ fn eval_case_from_row(row: &AnyRow) -> Result<EvalCase, StoreError> {
 fn review_from_row(row: &AnyRow) -> Result<Review, StoreError> {
     let criterion_scores = match json_column(row, "criterion_scores")? {
         Value::Object(map) => map,
-        _ => return Err(StoreError::Internal("trace_reviews.criterion_scores holds JSON that is not an object".into())),
+        _ => return Err(StoreError::Internal("trace_reviews.criterion_scores contains JSON that is not an object".into())),
     };
     Ok(Review {
         id: row.try_get("id")?,
@@ -149,7 +149,7 @@ impl ControlPlane {
         select_page(self, "eval_cases", EVAL_CASE_COLUMNS, &conditions, limit, offset, eval_case_from_row).await
     }
 
-    /// Every eval case of an organization.
+    /// Returns every eval case of an organization.
     pub async fn all_eval_cases(&self, org_id: &str) -> Result<Vec<EvalCase>, StoreError> {
         let sql = format!("SELECT {EVAL_CASE_COLUMNS} FROM eval_cases WHERE organization_id = $1");
         let rows = sqlx::query(&sql).bind(org_id).fetch_all(self.pool()).await?;
@@ -239,14 +239,14 @@ impl ControlPlane {
         select_page(self, "trace_reviews", REVIEW_COLUMNS, &conditions, limit, offset, review_from_row).await
     }
 
-    /// Every review of an organization.
+    /// Returns every review of an organization.
     pub async fn all_reviews(&self, org_id: &str) -> Result<Vec<Review>, StoreError> {
         let sql = format!("SELECT {REVIEW_COLUMNS} FROM trace_reviews WHERE organization_id = $1");
         let rows = sqlx::query(&sql).bind(org_id).fetch_all(self.pool()).await?;
         rows.iter().map(review_from_row).collect()
     }
 
-    /// Every agent of an organization with its purpose and tags.
+    /// Returns every agent of an organization with its purpose and tags.
     pub async fn agent_facts(&self, org_id: &str) -> Result<Vec<AgentFacts>, StoreError> {
         let rows = sqlx::query("SELECT id, purpose FROM agents WHERE organization_id = $1")
             .bind(org_id)

@@ -184,7 +184,7 @@ pub struct EventStore {
     /// and by compaction while it deletes the files it replaced.
     files: tokio::sync::RwLock<()>,
     context: SessionContext,
-    /// Where flushes go instead of Parquet segments, when set.
+    /// The flush target used in place of Parquet segments, when set.
     clickhouse: Option<ClickHouseTier>,
     /// Version of the last flush into ClickHouse, in microseconds, strictly increasing.
     last_version: Mutex<u64>,
@@ -590,7 +590,7 @@ impl EventStore {
     }
 
     /// Returns the merged state of one trace, or, when the flushed tier is
-    /// unreachable, what this instance holds of it in memory. Write
+    /// unreachable, what this instance has of it in memory. Write
     /// responses use this, so a write that is durable is acknowledged even
     /// while ClickHouse is down.
     pub async fn trace_or_buffered(&self, organization_id: &str, id: &str) -> Result<Option<TraceState>, StoreError> {
@@ -697,7 +697,7 @@ impl EventStore {
 impl EventStore {
     /// Reads the flushed rows that `filter` selects, in flush order: from
     /// ClickHouse when the store uses it, else from the segments whose Bloom
-    /// filters may hold them. The caller holds `files` for reading.
+    /// filters may contain them. The caller keeps `files` locked for reading.
     async fn rows(&self, filter: RowFilter<'_>) -> Result<Vec<SegmentRow>, StoreError> {
         if let Some(tier) = &self.clickhouse {
             return tier.rows(&filter).await;
