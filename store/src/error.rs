@@ -37,9 +37,15 @@ impl From<sqlx::Error> for StoreError {
                 if unique {
                     return StoreError::Conflict(db.message().to_string());
                 }
-                // Class 08 is connection exceptions, 57P0x is admin shutdown.
+                // Class 08 is connection exceptions, 57P0x is admin shutdown,
+                // 40001 and 40P01 are serialization failures and deadlocks.
+                // SQLite's 5, 6 and 517 are SQLITE_BUSY, SQLITE_LOCKED and
+                // SQLITE_BUSY_SNAPSHOT: all of them succeed when retried.
                 if let Some(code) = db.code() {
-                    if code.starts_with("08") || code.starts_with("57P") {
+                    let transient = code.starts_with("08")
+                        || code.starts_with("57P")
+                        || matches!(code.as_ref(), "40001" | "40P01" | "5" | "6" | "517");
+                    if transient {
                         return StoreError::Unavailable(db.message().to_string());
                     }
                 }

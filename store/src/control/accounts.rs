@@ -65,7 +65,7 @@ impl ControlPlane {
         user: NewUser,
         token_hash: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO organizations (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3)",
         )
@@ -153,7 +153,7 @@ impl ControlPlane {
         update: OrganizationUpdate,
         now: i64,
     ) -> Result<Organization, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let current = {
             let sql = format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1");
             match sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? {
@@ -180,7 +180,7 @@ impl ControlPlane {
 
     /// Deletes an organization with its users, tokens, keys and invites.
     pub async fn delete_organization(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         // Explicit deletes rather than relying on ON DELETE CASCADE alone, so the
         // outcome does not depend on SQLite's foreign_keys pragma.
         sqlx::query("DELETE FROM user_tokens WHERE user_id IN (SELECT id FROM users WHERE organization_id = $1)")
@@ -226,7 +226,7 @@ impl ControlPlane {
     /// Removes a member and their tokens. Refuses with [`StoreError::Conflict`]
     /// when the member is the organization's last owner.
     pub async fn remove_member(&self, org_id: &str, user_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE organization_id = $1 AND id = $2");
         let user = match sqlx::query(&sql).bind(org_id).bind(user_id).fetch_optional(&mut *tx).await? {
             Some(row) => user_from_row(&row)?,

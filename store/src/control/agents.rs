@@ -237,7 +237,7 @@ impl ControlPlane {
 
     /// Inserts an agent with its tags and the transition that created it.
     pub async fn insert_agent(&self, agent: &Agent) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO agents (id, organization_id, name, purpose, template_id, model, system_prompt, \
              reasoning_effort, max_tokens, config, adapters, status, sleep_until, sleep_reason, last_run_id, \
@@ -283,7 +283,7 @@ impl ControlPlane {
     /// Writes the editable columns and the tag set of an existing agent; the
     /// lifecycle columns change only through [`ControlPlane::transition_agent`].
     pub async fn update_agent(&self, agent: &Agent) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE agents SET name = $1, purpose = $2, template_id = $3, model = $4, system_prompt = $5, \
              reasoning_effort = $6, max_tokens = $7, config = $8, adapters = $9, updated_at = $10 \
@@ -433,7 +433,7 @@ impl ControlPlane {
         id: &str,
         request: TransitionRequest<'_>,
     ) -> Result<TransitionOutcome, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let current: Option<String> =
             sqlx::query_scalar("SELECT status FROM agents WHERE organization_id = $1 AND id = $2")
                 .bind(org_id)

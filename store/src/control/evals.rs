@@ -159,7 +159,7 @@ impl ControlPlane {
     /// Deletes an eval case. Reviews that named it keep their scores and
     /// lose the reference (`eval` becomes null).
     pub async fn delete_eval_case(&self, org_id: &str, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE trace_reviews SET eval_id = NULL WHERE organization_id = $1 AND eval_id = $2")
             .bind(org_id)
             .bind(id)
@@ -185,7 +185,7 @@ impl ControlPlane {
 
     /// Inserts many reviews in one transaction, for bulk loads.
     pub async fn insert_reviews(&self, reviews: &[Review]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for review in reviews {
             sqlx::query(
                 "INSERT INTO trace_reviews (id, organization_id, trace_id, reviewer_id, source, criterion_scores, \

@@ -113,7 +113,7 @@ impl ControlPlane {
         token_hash: &str,
         now: i64,
     ) -> Result<InviteAcceptance, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = $1");
         let invite = match sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? {
             Some(row) => invite_from_row(&row)?,

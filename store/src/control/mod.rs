@@ -166,6 +166,18 @@ impl ControlPlane {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock
+    /// at once (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
+    /// writes fails with SQLITE_BUSY, without waiting, when another connection
+    /// committed in between.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
 }
 
 impl ControlPlane {
