@@ -6,6 +6,8 @@
 //! moves the whole buffer into a new segment; compaction merges segments so
 //! each object has one row. Reads merge, per object and in write order, the
 //! rows of every segment, the generation being flushed and the live buffer.
+//! The generation last flushed stays in memory until the next flush, and
+//! reads take it from there in place of its segment file.
 //!
 //! Segments are scanned with DataFusion, filtered by organization, trace or id
 //! so row-group statistics and bloom filters skip what a read does not need.
@@ -158,6 +160,11 @@ impl AppliedTracker {
 struct Inner {
     buffer: Generation,
     flushing: Option<Arc<Generation>>,
+    /// The generation last flushed to a segment, with that segment's number.
+    /// Reads take its objects from memory and skip the file, so reading back
+    /// an object written a moment ago rarely scans Parquet. Dropped when
+    /// compaction replaces the segment.
+    recent: Option<(u64, Arc<Generation>)>,
     segments: Vec<SegmentFile>,
     next_segment: u64,
     tracker: AppliedTracker,
@@ -207,11 +214,16 @@ impl EventStore {
         let mut config = SessionConfig::new().with_target_partitions(2);
         // Read text columns as plain Utf8, the type the segment writer uses.
         config.options_mut().execution.parquet.schema_force_view_types = false;
+        // Evaluate filters inside the Parquet decoder, so a point read decodes
+        // the `state` pages holding its rows rather than the whole row group.
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
         Ok(EventStore {
             dir: segments_dir,
             inner: Mutex::new(Inner {
                 buffer: Generation::default(),
                 flushing: None,
+                recent: None,
                 segments,
                 next_segment,
                 tracker,
@@ -237,6 +249,7 @@ impl EventStore {
             inner: Mutex::new(Inner {
                 buffer: Generation::default(),
                 flushing: None,
+                recent: None,
                 segments: Vec::new(),
                 next_segment: 1,
                 tracker,
@@ -364,6 +377,7 @@ impl EventStore {
                 tracing::info!(segment = number, rows = file.rows, bytes = file.bytes, "buffer flushed");
                 inner.segments.push(file);
                 inner.flushing = None;
+                inner.recent = Some((number, generation));
                 Ok(Some(applied.through))
             }
             Err(err) => {
@@ -453,6 +467,9 @@ impl EventStore {
             let mut inner = self.lock();
             let replaced = victims.len();
             inner.segments.splice(start..start + replaced, [file.clone()]);
+            if inner.recent.as_ref().is_some_and(|(number, _)| victims.iter().any(|v| v.first == *number && v.last == *number)) {
+                inner.recent = None;
+            }
         }
         for victim in &victims {
             if let Err(err) = std::fs::remove_file(&victim.path) {
@@ -655,9 +672,13 @@ impl EventStore {
         }
     }
 
-    /// Runs `visit` on the generation being flushed, then the live buffer: the write order.
+    /// Runs `visit` on the recently flushed generation, the generation being
+    /// flushed, then the live buffer: the write order.
     fn with_memory(&self, mut visit: impl FnMut(&Generation)) {
         let inner = self.lock();
+        if let Some((_, recent)) = &inner.recent {
+            visit(recent);
+        }
         if let Some(flushing) = &inner.flushing {
             visit(flushing);
         }
@@ -673,7 +694,14 @@ impl EventStore {
     ) -> Result<Vec<SegmentRow>, StoreError> {
         let paths: Vec<String> = {
             let inner = self.lock();
-            inner.segments.iter().filter(|s| select(s)).map(|s| s.path.to_string_lossy().to_string()).collect()
+            // The recent generation's segment is read from memory by `with_memory`.
+            let recent = inner.recent.as_ref().map(|(number, _)| *number);
+            inner
+                .segments
+                .iter()
+                .filter(|s| !(Some(s.first) == recent && s.last == s.first) && select(s))
+                .map(|s| s.path.to_string_lossy().to_string())
+                .collect()
         };
         let mut rows = Vec::new();
         // One file at a time keeps segment order, which the merge needs.

@@ -1,0 +1,142 @@
+//! The embedded event store across flushes and compaction: every read merges
+//! the segments, the generation last flushed (read from memory in place of
+//! its segment) and the buffer, in write order.
+
+use bedrock_store::events::model::{Batch, Op, SpanFields, TraceFields, Write};
+use bedrock_store::events::EventStore;
+use serde_json::{json, Map, Value};
+
+const ORG: &str = "org-1";
+
+fn metadata(value: Value) -> Option<Map<String, Value>> {
+    value.as_object().cloned()
+}
+
+fn span_open(id: &str, trace_id: &str, started_at: i64) -> Write {
+    Write::Span {
+        id: id.into(),
+        op: Op::Create,
+        fields: SpanFields {
+            trace_id: Some(trace_id.into()),
+            parent_id: Some(None),
+            name: Some(format!("open {id}")),
+            span_type: Some("llm".into()),
+            started_at: Some(started_at),
+            metadata: metadata(json!({"step": "open", "model": "gpt-4o"})),
+            ..Default::default()
+        },
+    }
+}
+
+fn span_close(id: &str, ended_at: i64) -> Write {
+    Write::Span {
+        id: id.into(),
+        op: Op::Update,
+        fields: SpanFields {
+            ended_at: Some(ended_at),
+            output_text: Some(format!("output of {id}")),
+            metadata: metadata(json!({"step": "closed"})),
+            ..Default::default()
+        },
+    }
+}
+
+fn trace_open(id: &str) -> Write {
+    Write::Trace {
+        id: id.into(),
+        op: Op::Create,
+        fields: TraceFields { name: Some("session".into()), started_at: Some(1), ..Default::default() },
+    }
+}
+
+fn apply(store: &EventStore, lsn: u64, writes: Vec<Write>) {
+    store.apply(lsn, &Batch { organization_id: ORG.into(), received_at: 1_000 + lsn as i64, writes });
+}
+
+async fn assert_closed(store: &EventStore, id: &str, trace_id: &str) {
+    let state = store.span(ORG, id).await.unwrap().unwrap_or_else(|| panic!("span {id} is found"));
+    let fields = state.resolve();
+    assert_eq!(fields.trace_id.as_deref(), Some(trace_id), "{id}: trace");
+    assert_eq!(fields.name, Some(format!("open {id}")), "{id}: name from the open");
+    assert_eq!(fields.ended_at, Some(20), "{id}: end from the close");
+    assert_eq!(fields.output_text, Some(format!("output of {id}")), "{id}: output from the close");
+    let metadata = fields.metadata.unwrap();
+    assert_eq!(metadata["step"], "closed", "{id}: the close's patch wins");
+    assert_eq!(metadata["model"], "gpt-4o", "{id}: the open's key is kept");
+}
+
+#[tokio::test]
+async fn reads_merge_segments_recent_and_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path()).unwrap();
+
+    // d takes an update in each tier; the newest patch must win, so the
+    // tiers must be read oldest first.
+    let update_span_d = |step: &str| Write::Span {
+        id: "d".into(),
+        op: Op::Update,
+        fields: SpanFields { metadata: metadata(json!({"step": step})), ..Default::default() },
+    };
+    // Flush 1 contains the trace and the opens of a, b and d.
+    apply(&store, 1, vec![trace_open("t1"), span_open("a", "t1", 10), span_open("b", "t1", 11), span_open("d", "t2", 13)]);
+    assert_eq!(store.flush().await.unwrap(), Some(1));
+    // Flush 2 contains the close of a, the open of c and an update of d.
+    apply(&store, 2, vec![span_close("a", 20), span_open("c", "t1", 12), update_span_d("recent")]);
+    assert_eq!(store.flush().await.unwrap(), Some(2));
+    // The buffer contains the closes of b and c and the newest update of d.
+    apply(&store, 3, vec![span_close("b", 20), span_close("c", 20), update_span_d("buffered")]);
+
+    // a: open in a segment file, close in the recent generation.
+    assert_closed(&store, "a", "t1").await;
+    // b: open in a segment file, close in the buffer.
+    assert_closed(&store, "b", "t1").await;
+    // c: open in the recent generation, close in the buffer.
+    assert_closed(&store, "c", "t1").await;
+    let d = store.span(ORG, "d").await.unwrap().unwrap().resolve();
+    assert_eq!(d.metadata.unwrap()["step"], "buffered");
+    let spans = store.spans_of_trace(ORG, "t1").await.unwrap();
+    let mut ids: Vec<&String> = spans.keys().collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let everything = store.all(ORG).await.unwrap();
+    assert_eq!(everything.spans.len(), 4);
+    assert_eq!(everything.traces.len(), 1);
+    assert_eq!(everything.spans["d"].resolve().metadata.unwrap()["step"], "buffered");
+
+    // Compaction replaces every segment, the recent one included, so the reads
+    // then come from the compacted file and give the same states.
+    assert_eq!(store.flush().await.unwrap(), Some(3));
+    assert!(store.compact(2).await.unwrap(), "three segments of one tier are compacted");
+    assert_eq!(store.stats().segments, 1);
+    assert_eq!(store.stats().segment_rows, 5, "one row per object after compaction");
+    for id in ["a", "b", "c"] {
+        assert_closed(&store, id, "t1").await;
+    }
+    assert_eq!(store.spans_of_trace(ORG, "t1").await.unwrap().len(), 3);
+    assert_eq!(store.all(ORG).await.unwrap().spans.len(), 4);
+    let d = store.span(ORG, "d").await.unwrap().unwrap().resolve();
+    assert_eq!(d.metadata.unwrap()["step"], "buffered");
+
+    // A store reopened from the files alone reads the same.
+    drop(store);
+    let reopened = EventStore::open(dir.path()).unwrap();
+    for id in ["a", "b", "c"] {
+        assert_closed(&reopened, id, "t1").await;
+    }
+}
+
+#[tokio::test]
+async fn other_organizations_stay_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path()).unwrap();
+    apply(&store, 1, vec![span_open("a", "t1", 10)]);
+    store.apply(2, &Batch { organization_id: "org-2".into(), received_at: 5, writes: vec![span_open("a", "t9", 30)] });
+    store.flush().await.unwrap();
+
+    let ours = store.span(ORG, "a").await.unwrap().unwrap().resolve();
+    assert_eq!(ours.trace_id.as_deref(), Some("t1"));
+    let theirs = store.span("org-2", "a").await.unwrap().unwrap().resolve();
+    assert_eq!(theirs.trace_id.as_deref(), Some("t9"));
+    assert!(store.spans_of_trace(ORG, "t9").await.unwrap().is_empty());
+    assert_eq!(store.all(ORG).await.unwrap().spans.len(), 1);
+}
