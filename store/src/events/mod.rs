@@ -39,14 +39,53 @@ type Key = (String, String);
 /// Maximum rows that one compaction merges; larger runs stay as they are.
 pub const MAX_COMPACTION_ROWS: u64 = 5_000_000;
 
-/// Rows that compaction holds in memory at once, roughly.
-const COMPACTION_PARTITION_ROWS: u64 = 20_000;
+/// Merges the rows of `paths` (oldest first) into `writer`, one row per object.
+///
+/// A first pass reads only the key columns and finds the keys that occur in
+/// more than one row. A second pass copies every other row to the writer as
+/// Arrow data, one batch at a time, and merges the rows of repeated keys in
+/// memory. So memory holds a hash per row and the repeated objects, never a
+/// whole segment, and each input is read twice.
+fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Result<(), StoreError> {
+    use datafusion::arrow::array::BooleanArray;
+    use datafusion::arrow::compute::filter_record_batch;
 
-fn partition_of(row: &SegmentRow, partitions: u64) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (row.organization_id.as_str(), row.kind, row.id.as_str()).hash(&mut hasher);
-    hasher.finish() % partitions
+    // Columns 0..=2 are organization_id, kind and id.
+    let mut hashes: Vec<u64> = Vec::new();
+    for path in paths {
+        segment::for_each_record_batch(path, Some(&[0, 1, 2]), |batch| {
+            hashes.extend(segment::key_hashes(batch)?);
+            Ok(())
+        })?;
+    }
+    hashes.sort_unstable();
+    let repeated: HashSet<u64> = hashes.windows(2).filter(|pair| pair[0] == pair[1]).map(|pair| pair[0]).collect();
+    drop(hashes);
+
+    // Keys of different objects may share a hash: those merge by full key here.
+    let mut merged: HashMap<(String, &'static str, String), SegmentRow> = HashMap::new();
+    for path in paths {
+        segment::for_each_record_batch(path, None, |batch| {
+            let is_repeated: Vec<bool> = segment::key_hashes(batch)?.iter().map(|hash| repeated.contains(hash)).collect();
+            if !is_repeated.contains(&true) {
+                return writer.write_batch(batch);
+            }
+            let unique = BooleanArray::from(is_repeated.iter().map(|r| !r).collect::<Vec<bool>>());
+            writer.write_batch(&filter_record_batch(batch, &unique).map_err(StoreError::internal)?)?;
+            let others = filter_record_batch(batch, &BooleanArray::from(is_repeated)).map_err(StoreError::internal)?;
+            for row in segment::rows_of_batch(&others)? {
+                let key = (row.organization_id.clone(), row.kind, row.id.clone());
+                match merged.get_mut(&key) {
+                    Some(existing) => merge_rows(existing, row)?,
+                    None => {
+                        merged.insert(key, row);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    writer.write(merged.into_values().collect())
 }
 
 /// Every object of one organization, merged, by id.
@@ -359,10 +398,7 @@ impl EventStore {
         let written = {
             let generation = generation.clone();
             let applied = applied.clone();
-            tokio::task::spawn_blocking(move || {
-                let rows = generation_rows(&generation)?;
-                segment::write_segment(&dir, number, number, rows, &applied)
-            })
+            tokio::task::spawn_blocking(move || write_generation(&dir, number, &generation, &applied))
             .await
             .map_err(StoreError::internal)?
         };
@@ -429,34 +465,9 @@ impl EventStore {
         let paths: Vec<PathBuf> = victims.iter().map(|s| s.path.clone()).collect();
         let expected_rows: u64 = victims.iter().map(|s| s.rows).sum();
         let file = tokio::task::spawn_blocking(move || {
-            // Objects are split into partitions by a hash of their key, and each
-            // partition is merged and written on its own, so at most about
-            // COMPACTION_PARTITION_ROWS rows are held at once. Each partition
-            // reads the victims again: I/O is traded for bounded memory.
-            let partitions = expected_rows.div_ceil(COMPACTION_PARTITION_ROWS).max(1);
             applied.extra.retain(|lsn| *lsn > applied.through);
             let mut writer = segment::SegmentWriter::create(&dir, first, last, &applied, expected_rows as usize)?;
-            for partition in 0..partitions {
-                let mut merged: HashMap<(String, &'static str, String), SegmentRow> = HashMap::new();
-                for path in &paths {
-                    segment::for_each_batch(path, |rows| {
-                        for row in rows {
-                            if partitions > 1 && partition_of(&row, partitions) != partition {
-                                continue;
-                            }
-                            let key = (row.organization_id.clone(), row.kind, row.id.clone());
-                            match merged.get_mut(&key) {
-                                Some(existing) => merge_rows(existing, row)?,
-                                None => {
-                                    merged.insert(key, row);
-                                }
-                            }
-                        }
-                        Ok(())
-                    })?;
-                }
-                writer.write(merged.into_values().collect())?;
-            }
+            compact_files(&paths, &mut writer)?;
             writer.finish()
         })
         .await
@@ -821,6 +832,55 @@ fn restore_generation(inner: &mut Inner, generation: Arc<Generation>) {
     merge_generation(&mut restored, newer);
     inner.buffer = restored;
     inner.flushing = None;
+}
+
+/// One buffered object, borrowed, for writing a generation in order.
+enum Buffered<'a> {
+    Trace(&'a TraceState),
+    Span(&'a SpanState),
+    Usage(&'a UsageState),
+}
+
+/// Writes a generation to segment `number`, serializing the states of one
+/// chunk of rows at a time, so the flush never holds every state as JSON.
+fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
+    let mut objects: Vec<(&str, &'static str, &str, Option<&str>, Buffered)> =
+        Vec::with_capacity(generation.traces.len() + generation.spans.len() + generation.usage.len());
+    for ((org, id), state) in &generation.traces {
+        objects.push((org, KIND_TRACE, id, Some(id), Buffered::Trace(state)));
+    }
+    for ((org, id), state) in &generation.spans {
+        let trace_id = state.update.trace_id.as_deref().or(state.create.trace_id.as_deref());
+        objects.push((org, KIND_SPAN, id, trace_id, Buffered::Span(state)));
+    }
+    for ((org, id), state) in &generation.usage {
+        let trace_id = state.update.trace_id.as_deref().or(state.create.trace_id.as_deref());
+        objects.push((org, KIND_USAGE, id, trace_id, Buffered::Usage(state)));
+    }
+    objects.sort_unstable_by(|a, b| (a.0, a.3, a.1, a.2).cmp(&(b.0, b.3, b.1, b.2)));
+
+    let mut writer = segment::SegmentWriter::create(dir, number, number, applied, objects.len())?;
+    let mut rows = Vec::with_capacity(segment::WRITE_CHUNK_ROWS);
+    for chunk in objects.chunks(segment::WRITE_CHUNK_ROWS) {
+        rows.clear();
+        for (org, kind, id, trace_id, state) in chunk {
+            let (seq, state) = match state {
+                Buffered::Trace(state) => (state.seq, serde_json::to_string(state)),
+                Buffered::Span(state) => (state.seq, serde_json::to_string(state)),
+                Buffered::Usage(state) => (state.seq, serde_json::to_string(state)),
+            };
+            rows.push(SegmentRow {
+                organization_id: org.to_string(),
+                kind,
+                id: id.to_string(),
+                trace_id: trace_id.map(str::to_string),
+                seq,
+                state: state.map_err(StoreError::internal)?,
+            });
+        }
+        writer.write_sorted(&rows)?;
+    }
+    writer.finish()
 }
 
 fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreError> {

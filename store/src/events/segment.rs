@@ -10,8 +10,10 @@
 //! Columns: `organization_id`, `kind` (`trace`, `span` or `usage`), `id`,
 //! `trace_id` (the span's or usage record's trace, or the trace's own id), `seq` (newest log sequence
 //! number merged in) and `state` (the [`Layered`](super::model::Layered)
-//! partial state as JSON). Rows are sorted by organization, trace and id so
-//! that row-group statistics prune reads of one trace.
+//! partial state as JSON). A flush writes its rows sorted by organization,
+//! trace and id, so page statistics prune the reads of one trace; compaction
+//! writes the sorted runs of its inputs one after another, so a trace's rows
+//! lie in at most one range of pages per input.
 //!
 //! The footer's key-value metadata records `bedrock.applied_through` and
 //! `bedrock.applied_extra`: the write-ahead log records whose effects the
@@ -121,6 +123,16 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// Rows per Arrow batch handed to the Parquet writer: small enough that the
+/// batch's buffers are reused from the allocator rather than grown anew.
+pub const WRITE_CHUNK_ROWS: usize = 4096;
+
+/// The order of rows in a segment: by organization, trace, kind and id, so
+/// page statistics prune the reads of one trace.
+pub fn sort_key(row: &SegmentRow) -> (&str, Option<&str>, &str, &str) {
+    (row.organization_id.as_str(), row.trace_id.as_deref(), row.kind, row.id.as_str())
+}
+
 pub fn file_name(first: u64, last: u64) -> String {
     format!("segment-{first:020}-{last:020}.parquet")
 }
@@ -129,20 +141,6 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     let stem = name.strip_prefix("segment-")?.strip_suffix(".parquet")?;
     let (first, last) = stem.split_once('-')?;
     Some((first.parse().ok()?, last.parse().ok()?))
-}
-
-/// Writes rows (sorted here) to a new segment, atomically: a temporary file
-/// is written and synced, then renamed, then the directory is synced.
-pub fn write_segment(
-    dir: &Path,
-    first: u64,
-    last: u64,
-    rows: Vec<SegmentRow>,
-    applied: &Applied,
-) -> Result<SegmentFile, StoreError> {
-    let mut writer = SegmentWriter::create(dir, first, last, applied, rows.len())?;
-    writer.write(rows)?;
-    writer.finish()
 }
 
 /// Writes a segment in parts, so compaction never holds all of its rows.
@@ -195,15 +193,21 @@ impl SegmentWriter {
         self.rows
     }
 
-    /// Appends rows, sorted here by organization, trace and id.
+    /// Appends rows, sorted here by organization, trace and id, and ends the
+    /// row group, so memory stays bounded by what one call passes.
     pub fn write(&mut self, mut rows: Vec<SegmentRow>) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
-        rows.sort_by(|a, b| {
-            (a.organization_id.as_str(), a.trace_id.as_deref(), a.kind, a.id.as_str())
-                .cmp(&(b.organization_id.as_str(), b.trace_id.as_deref(), b.kind, b.id.as_str()))
-        });
+        rows.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        for chunk in rows.chunks(WRITE_CHUNK_ROWS) {
+            self.write_sorted(chunk)?;
+        }
+        self.writer.flush().map_err(StoreError::internal)
+    }
+
+    /// Appends rows in the order given.
+    pub fn write_sorted(&mut self, rows: &[SegmentRow]) -> Result<(), StoreError> {
         let batch = RecordBatch::try_new(
             schema(),
             vec![
@@ -216,16 +220,27 @@ impl SegmentWriter {
             ],
         )
         .map_err(StoreError::internal)?;
-        self.writer.write(&batch).map_err(StoreError::internal)?;
-        // Write row groups as they fill, so memory stays bounded by one group.
-        self.writer.flush().map_err(StoreError::internal)?;
-        for row in &rows {
-            self.ids.insert(&[row.organization_id.as_str(), row.kind, row.id.as_str()]);
-            if let Some(trace) = &row.trace_id {
-                self.traces.insert(&[row.organization_id.as_str(), trace.as_str()]);
+        self.write_batch(&batch)
+    }
+
+    /// Appends a batch with the segment schema as it is, unsorted. Row groups
+    /// are written as they reach their size, so memory stays bounded by one.
+    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.writer.write(batch).map_err(StoreError::internal)?;
+        let organization = string_column(batch, "organization_id")?;
+        let kind = string_column(batch, "kind")?;
+        let id = string_column(batch, "id")?;
+        let trace = string_column(batch, "trace_id")?;
+        for i in 0..batch.num_rows() {
+            self.ids.insert(&[organization.value(i), kind.value(i), id.value(i)]);
+            if !trace.is_null(i) {
+                self.traces.insert(&[organization.value(i), trace.value(i)]);
             }
         }
-        self.rows += rows.len() as u64;
+        self.rows += batch.num_rows() as u64;
         Ok(())
     }
 
@@ -251,17 +266,44 @@ impl SegmentWriter {
     }
 }
 
-/// Calls `visit` with the rows of a segment, one batch at a time.
-pub fn for_each_batch(path: &Path, mut visit: impl FnMut(Vec<SegmentRow>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+/// Calls `visit` with each record batch of a segment, reading only the
+/// columns `projection` lists (all when `None`).
+pub fn for_each_record_batch(
+    path: &Path,
+    projection: Option<&[usize]>,
+    mut visit: impl FnMut(&RecordBatch) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let file = File::open(path).map_err(StoreError::internal)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|builder| builder.with_batch_size(4096).build())
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
+    if let Some(columns) = projection {
+        let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder
+        .with_batch_size(4096)
+        .build()
         .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
     for batch in reader {
-        let batch = batch.map_err(StoreError::internal)?;
-        visit(rows_of_batch(&batch)?)?;
+        visit(&batch.map_err(StoreError::internal)?)?;
     }
     Ok(())
+}
+
+/// Returns a hash of the key `(organization, kind, id)` of each row of a
+/// batch that has at least those three columns.
+pub fn key_hashes(batch: &RecordBatch) -> Result<Vec<u64>, StoreError> {
+    use std::hash::{Hash, Hasher};
+    let organization = string_column(batch, "organization_id")?;
+    let kind = string_column(batch, "kind")?;
+    let id = string_column(batch, "id")?;
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (organization.value(i), kind.value(i), id.value(i)).hash(&mut hasher);
+            hasher.finish()
+        })
+        .collect())
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -352,20 +394,6 @@ fn read_keys(path: &Path) -> Result<Keys, StoreError> {
         }
     }
     Ok(keys)
-}
-
-/// Reads every row of a segment; used by compaction and full scans.
-pub fn read_rows(path: &Path) -> Result<Vec<SegmentRow>, StoreError> {
-    let file = File::open(path).map_err(StoreError::internal)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|builder| builder.with_batch_size(8192).build())
-        .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(StoreError::internal)?;
-        rows.extend(rows_of_batch(&batch)?);
-    }
-    Ok(rows)
 }
 
 fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, StoreError> {
