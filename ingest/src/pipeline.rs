@@ -98,7 +98,7 @@ impl Ingestor {
             }
             let batch: Batch = serde_json::from_slice(bytes)
                 .map_err(|err| anyhow::anyhow!("write-ahead log record {lsn} is not a valid batch: {err}"))?;
-            store.apply(*lsn, &batch);
+            store.apply_owned(*lsn, batch);
             replayed += 1;
         }
         store.mark_applied_through(wal.last_lsn());
@@ -134,7 +134,7 @@ impl Ingestor {
         let store = self.store.clone();
         let task = tokio::spawn(async move {
             let lsn = wal.append(record).await?;
-            store.apply(lsn, &batch);
+            store.apply_owned(lsn, batch);
             Ok::<_, WalError>(lsn)
         });
         let outcome = task.await.map_err(|err| IngestError::Log(err.to_string()))?;

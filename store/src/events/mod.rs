@@ -124,25 +124,25 @@ impl Generation {
         self.traces.is_empty() && self.spans.is_empty() && self.usage.is_empty()
     }
 
-    fn apply(&mut self, organization_id: &str, write: &Write, seq: u64, now: i64) {
+    fn apply(&mut self, organization_id: &str, write: Write, seq: u64, now: i64) {
         match write {
             Write::Trace { id, op, fields } => {
-                let key = (organization_id.to_string(), id.clone());
-                apply_to(&mut self.traces, &mut self.bytes, key, *op, fields.clone(), seq, now);
+                let key = (organization_id.to_string(), id);
+                apply_to(&mut self.traces, &mut self.bytes, key, op, fields, seq, now);
             }
             Write::Span { id, op, fields } => {
-                let key = (organization_id.to_string(), id.clone());
-                apply_to(&mut self.spans, &mut self.bytes, key, *op, fields.clone(), seq, now);
                 if let Some(trace_id) = &fields.trace_id {
                     self.spans_by_trace
                         .entry((organization_id.to_string(), trace_id.clone()))
                         .or_default()
                         .insert(id.clone());
                 }
+                let key = (organization_id.to_string(), id);
+                apply_to(&mut self.spans, &mut self.bytes, key, op, fields, seq, now);
             }
             Write::Usage { id, op, fields } => {
-                let key = (organization_id.to_string(), id.clone());
-                apply_to(&mut self.usage, &mut self.bytes, key, *op, fields.clone(), seq, now);
+                let key = (organization_id.to_string(), id);
+                apply_to(&mut self.usage, &mut self.bytes, key, op, fields, seq, now);
             }
         }
         self.writes += 1;
@@ -322,8 +322,14 @@ impl EventStore {
 
     /// Applies a durable batch of writes, logged as record `lsn`.
     pub fn apply(&self, lsn: u64, batch: &Batch) {
+        self.apply_owned(lsn, batch.clone());
+    }
+
+    /// Like [`EventStore::apply`], taking the batch, whose fields then move
+    /// into the buffer without a copy.
+    pub fn apply_owned(&self, lsn: u64, batch: Batch) {
         let mut inner = self.lock();
-        for write in &batch.writes {
+        for write in batch.writes {
             inner.buffer.apply(&batch.organization_id, write, lsn, batch.received_at);
         }
         inner.tracker.mark(lsn);
@@ -406,21 +412,28 @@ impl EventStore {
         // Readers hold `files` from their segment scan until they have read
         // memory, so the generation never moves from memory to a new segment
         // between the two and a read never misses it.
-        let _files = self.files.write().await;
+        let files = self.files.write().await;
         let mut inner = self.lock();
-        match written {
+        let previous = match written {
             Ok(file) => {
                 tracing::info!(segment = number, rows = file.rows, bytes = file.bytes, "buffer flushed");
                 inner.segments.push(file);
                 inner.flushing = None;
-                inner.recent = Some((number, generation));
-                Ok(Some(applied.through))
+                inner.recent.replace((number, generation))
             }
             Err(err) => {
                 restore_generation(&mut inner, generation);
-                Err(err)
+                return Err(err);
             }
+        };
+        drop(inner);
+        drop(files);
+        // Freeing a generation's objects takes milliseconds: do it off the
+        // locks and the async workers.
+        if let Some(previous) = previous {
+            tokio::task::spawn_blocking(move || drop(previous));
         }
+        Ok(Some(applied.through))
     }
 
     /// Merges the newest run of similar-sized segments once it has
@@ -473,19 +486,24 @@ impl EventStore {
         .await
         .map_err(StoreError::internal)??;
 
-        let _files = self.files.write().await;
+        let mut replaced_recent = None;
+        let files = self.files.write().await;
         {
             let mut inner = self.lock();
             let replaced = victims.len();
             inner.segments.splice(start..start + replaced, [file.clone()]);
             if inner.recent.as_ref().is_some_and(|(number, _)| victims.iter().any(|v| v.first == *number && v.last == *number)) {
-                inner.recent = None;
+                replaced_recent = inner.recent.take();
             }
         }
         for victim in &victims {
             if let Err(err) = std::fs::remove_file(&victim.path) {
                 tracing::warn!(file = %victim.path.display(), error = %err, "could not remove compacted segment");
             }
+        }
+        drop(files);
+        if let Some(recent) = replaced_recent {
+            tokio::task::spawn_blocking(move || drop(recent));
         }
         segment::sync_dir(&self.dir)?;
         tracing::info!(segments = victims.len(), rows = file.rows, bytes = file.bytes, "segments compacted");

@@ -235,9 +235,12 @@ pub struct Layered<F> {
 impl<F: Fields> Layered<F> {
     /// The state after one write.
     pub fn from_write(op: Op, fields: F, seq: u64, now: i64) -> Self {
-        let mut state = Layered { first_seen: now, seq, ..Default::default() };
-        state.apply(op, fields, seq);
-        state
+        // Applying one write to an empty state sets its layer to exactly the
+        // write's fields, so they move in without a copy.
+        match op {
+            Op::Create => Layered { create: fields, created: true, first_seen: now, seq, ..Default::default() },
+            Op::Update => Layered { update: fields, first_seen: now, seq, ..Default::default() },
+        }
     }
 
     /// Applies one write, newer than everything merged so far.

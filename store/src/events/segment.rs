@@ -29,7 +29,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
 use super::bloom::Bloom;
@@ -167,6 +167,10 @@ impl SegmentWriter {
             // would cost flush time and space and never prune anything.
             .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
             .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
+            // The states are unique and long: a dictionary would never pay,
+            // and min and max of JSON text prune nothing.
+            .set_column_dictionary_enabled(ColumnPath::from("state"), false)
+            .set_column_statistics_enabled(ColumnPath::from("state"), EnabledStatistics::None)
             .set_key_value_metadata(Some(vec![
                 KeyValue::new("bedrock.applied_through".into(), applied.through.to_string()),
                 KeyValue::new("bedrock.applied_extra".into(), extra),
