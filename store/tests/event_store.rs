@@ -140,3 +140,38 @@ async fn other_organizations_stay_apart() {
     assert!(store.spans_of_trace(ORG, "t9").await.unwrap().is_empty());
     assert_eq!(store.all(ORG).await.unwrap().spans.len(), 1);
 }
+
+#[tokio::test]
+async fn compaction_keeps_one_row_per_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path()).unwrap();
+    const PER_FLUSH: usize = 3_000;
+    // Each flush opens 3,000 new spans and closes the first 500 of the
+    // flush before, so compaction meets both unique and repeated keys.
+    for flush in 0..3usize {
+        let mut writes: Vec<Write> =
+            (0..PER_FLUSH).map(|n| span_open(&format!("s{flush}-{n}"), &format!("t{}", n % 97), 10)).collect();
+        if flush > 0 {
+            writes.extend((0..500).map(|n| span_close(&format!("s{}-{n}", flush - 1), 20)));
+        }
+        apply(&store, flush as u64 + 1, writes);
+        store.flush().await.unwrap();
+    }
+    assert_eq!(store.stats().segments, 3);
+    assert_eq!(store.stats().segment_rows, 3 * 3_000 + 2 * 500);
+
+    assert!(store.compact(3).await.unwrap());
+    assert_eq!(store.stats().segments, 1);
+    assert_eq!(store.stats().segment_rows, 9_000, "the 1,000 repeated keys merged into their objects");
+
+    let everything = store.all(ORG).await.unwrap();
+    assert_eq!(everything.spans.len(), 9_000);
+    let closed = everything.spans.values().filter(|state| state.resolve().ended_at == Some(20)).count();
+    assert_eq!(closed, 1_000);
+    for (id, trace_id) in [("s0-0", "t0"), ("s0-499", "t14"), ("s1-250", "t56")] {
+        assert_closed(&store, id, trace_id).await;
+    }
+    let open = store.span(ORG, "s0-500").await.unwrap().unwrap().resolve();
+    assert_eq!(open.ended_at, None);
+    assert_eq!(open.metadata.unwrap()["step"], "open");
+}

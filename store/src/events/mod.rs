@@ -120,6 +120,17 @@ struct Generation {
 }
 
 impl Generation {
+    fn with_capacity_of(other: &Generation) -> Generation {
+        Generation {
+            traces: HashMap::with_capacity(other.traces.len()),
+            spans: HashMap::with_capacity(other.spans.len()),
+            usage: HashMap::with_capacity(other.usage.len()),
+            spans_by_trace: HashMap::with_capacity(other.spans_by_trace.len()),
+            bytes: 0,
+            writes: 0,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.traces.is_empty() && self.spans.is_empty() && self.usage.is_empty()
     }
@@ -373,7 +384,10 @@ impl EventStore {
             if inner.buffer.is_empty() {
                 return Ok(None);
             }
-            let generation = Arc::new(std::mem::take(&mut inner.buffer));
+            // The next generation likely grows as large: reserving that much
+            // spares its maps from rehashing as they fill.
+            let next = Generation::with_capacity_of(&inner.buffer);
+            let generation = Arc::new(std::mem::replace(&mut inner.buffer, next));
             inner.flushing = Some(generation.clone());
             let number = inner.next_segment;
             inner.next_segment += 1;
