@@ -42,6 +42,23 @@ impl Prices {
         Ok(book)
     }
 
+    /// Returns the book for the response to a write that is already durable.
+    /// While the control plane is unreachable, that is the last book loaded,
+    /// however old, else the built-in prices alone: an error here would
+    /// answer 503 for a write that is stored, and the client would send it
+    /// again.
+    pub async fn book_for_write(&self, organization_id: &str) -> Result<Arc<PriceBook>, StoreError> {
+        match self.book(organization_id).await {
+            Err(StoreError::Unavailable(reason)) => {
+                tracing::warn!(organization = organization_id, %reason, "pricing a write response without the control plane");
+                let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let stale = cache.get(organization_id).map(|(_, book)| book.clone());
+                Ok(stale.unwrap_or_else(|| Arc::new(PriceBook::new(Vec::new()))))
+            }
+            other => other,
+        }
+    }
+
     /// Drops the cached book of an organization after its overrides changed.
     pub fn invalidate(&self, organization_id: &str) {
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(organization_id);

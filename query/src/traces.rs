@@ -99,14 +99,15 @@ impl TraceQueries {
 
     /// A trace without its spans, as create and update responses return it.
     /// While the event store is unreachable, it is built from what this
-    /// instance has in memory.
+    /// instance has in memory, and while the control plane is, priced
+    /// without fresh overrides.
     pub async fn written_trace(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
         let Some(state) = self.store.trace_or_buffered(organization_id, id).await? else {
             return Ok(None);
         };
         let spans = self.store.spans_of_trace_or_buffered(organization_id, id).await?;
         let fields: Vec<SpanFields> = spans.values().map(|s| s.resolve()).collect();
-        let prices = self.prices.book(organization_id).await?;
+        let prices = self.prices.book_for_write(organization_id).await?;
         Ok(Some(TraceView::new(id, &state, fields.iter(), &prices).to_json()))
     }
 

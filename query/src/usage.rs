@@ -230,10 +230,11 @@ impl UsageQueries {
     /// Reads back posted records by id, merged and priced, in the order of
     /// `ids`. Each lookup goes to the buffer and the segments whose Bloom
     /// filters may hold the id, not to every record of the organization.
-    /// While the event store is unreachable, it reads memory alone, so a
+    /// While the event store is unreachable, it reads memory alone, and
+    /// while the control plane is, it prices without fresh overrides, so a
     /// durable post is still acknowledged.
     pub async fn posted(&self, organization_id: &str, ids: &[String]) -> Result<Vec<Value>, QueryError> {
-        let prices = self.prices.book(organization_id).await?;
+        let prices = self.prices.book_for_write(organization_id).await?;
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(state) = self.store.usage_or_buffered(organization_id, id).await? {
