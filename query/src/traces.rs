@@ -75,7 +75,8 @@ impl TraceQueries {
         &self.prices
     }
 
-    /// A trace with its spans in start order, or `None` when no create has arrived for it.
+    /// A trace with its spans in start order, or `None` when no write (create
+    /// or update) has arrived for it.
     pub async fn trace_detail(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
         let Some(state) = self.store.trace(organization_id, id).await? else {
             return Ok(None);
