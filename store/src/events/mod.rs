@@ -39,6 +39,37 @@ type Key = (String, String);
 /// Maximum rows that one compaction merges; larger runs stay as they are.
 pub const MAX_COMPACTION_ROWS: u64 = 5_000_000;
 
+/// Segments whose row counts differ by more than this factor are not merged
+/// together, so a small new segment does not rewrite a large old one.
+const SIMILAR_SIZE_RATIO: u64 = 4;
+
+/// Picks the segments to compact: the newest run of at least `min_segments`
+/// adjacent segments whose row counts are within [`SIMILAR_SIZE_RATIO`] of
+/// each other and sum to at most [`MAX_COMPACTION_ROWS`]. Each run is grown
+/// from its newest segment towards older ones, and runs ending at older
+/// segments are tried when the newest ones are too short, so a run left
+/// behind by newer segments of another size is still merged. Only adjacent
+/// segments merge because reads apply segments in write order.
+fn compaction_run(rows: &[u64], min_segments: usize) -> Option<std::ops::Range<usize>> {
+    for end in (0..rows.len()).rev() {
+        let (mut smallest, mut largest, mut total) = (rows[end].max(1), rows[end], rows[end]);
+        let mut start = end;
+        while start > 0 {
+            let next = rows[start - 1];
+            let (low, high) = (smallest.min(next.max(1)), largest.max(next));
+            if high > low.saturating_mul(SIMILAR_SIZE_RATIO) || total + next > MAX_COMPACTION_ROWS {
+                break;
+            }
+            (smallest, largest, total) = (low, high, total + next);
+            start -= 1;
+        }
+        if end + 1 - start >= min_segments {
+            return Some(start..end + 1);
+        }
+    }
+    None
+}
+
 /// Merges the rows of `paths` (oldest first) into `writer`, one row per object.
 ///
 /// A first pass reads only the key columns and finds the keys that occur in
@@ -450,40 +481,24 @@ impl EventStore {
         Ok(Some(applied.through))
     }
 
-    /// Merges the newest run of similar-sized segments once it has
-    /// `min_segments` members (size-tiered compaction). Segments are sized in
-    /// tiers of powers of `min_segments`, so every row is rewritten about
-    /// once per tier rather than at every compaction, and the number of
-    /// segments stays logarithmic in the data. Runs above
-    /// [`MAX_COMPACTION_ROWS`] are left alone to bound compaction's memory.
+    /// Merges the newest run of at least `min_segments` adjacent segments of
+    /// similar size (size-tiered compaction). Merged segments are about
+    /// `min_segments` times larger than their inputs, so every row is
+    /// rewritten about once per size tier, and the number of segments stays
+    /// logarithmic in the data. Runs are never longer than
+    /// [`MAX_COMPACTION_ROWS`] rows, which bounds the segment size.
     pub async fn compact(&self, min_segments: usize) -> Result<bool, StoreError> {
         if self.clickhouse.is_some() {
             return Ok(false);
         }
         let _maintenance = self.maintenance.lock().await;
-        let min_segments = min_segments.max(2);
         let (start, victims): (usize, Vec<SegmentFile>) = {
             let inner = self.lock();
-            let tier = |rows: u64| -> u32 {
-                let mut tier = 0;
-                let mut bound = 10_000u64;
-                while rows > bound {
-                    tier += 1;
-                    bound = bound.saturating_mul(min_segments as u64);
-                }
-                tier
-            };
-            let Some(newest) = inner.segments.last() else {
+            let rows: Vec<u64> = inner.segments.iter().map(|s| s.rows).collect();
+            let Some(run) = compaction_run(&rows, min_segments.max(2)) else {
                 return Ok(false);
             };
-            let newest_tier = tier(newest.rows);
-            let run = inner.segments.iter().rev().take_while(|s| tier(s.rows) == newest_tier).count();
-            let start = inner.segments.len() - run;
-            let rows: u64 = inner.segments[start..].iter().map(|s| s.rows).sum();
-            if run < min_segments || rows > MAX_COMPACTION_ROWS {
-                return Ok(false);
-            }
-            (start, inner.segments[start..].to_vec())
+            (run.start, inner.segments[run].to_vec())
         };
         let first = victims.first().map_or(0, |s| s.first);
         let last = victims.last().map_or(0, |s| s.last);
@@ -985,4 +1000,44 @@ fn merge_generation(older: &mut Generation, newer: Generation) {
     }
     older.bytes += newer.bytes;
     older.writes += newer.writes;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_run;
+
+    #[test]
+    fn compaction_run_picks_similar_adjacent_segments() {
+        assert_eq!(compaction_run(&[], 8), None);
+        assert_eq!(compaction_run(&[10_000; 7], 8), None, "too few segments");
+        assert_eq!(compaction_run(&[10_000; 8], 8), Some(0..8));
+        assert_eq!(compaction_run(&[0; 8], 8), Some(0..8), "empty segments");
+
+        // A large old segment is not rewritten with small new ones.
+        let mut rows = vec![1_000_000];
+        rows.extend([10_000; 10]);
+        assert_eq!(compaction_run(&rows, 8), Some(1..11));
+
+        // Sizes on both sides of a power of ten still merge.
+        let alternating: Vec<u64> = (0..8).map(|n| if n % 2 == 0 { 9_000 } else { 11_000 }).collect();
+        assert_eq!(compaction_run(&alternating, 8), Some(0..8));
+    }
+
+    #[test]
+    fn compaction_run_reaches_runs_left_behind() {
+        // Nine small segments sit between larger ones, and the newest run is
+        // too short: the older run is merged.
+        let mut rows = vec![80_000; 3];
+        rows.extend([10_000; 9]);
+        rows.extend([80_000; 2]);
+        rows.extend([10_000; 3]);
+        assert_eq!(compaction_run(&rows, 8), Some(3..12));
+    }
+
+    #[test]
+    fn compaction_run_respects_row_limit() {
+        // Eight segments of a million rows exceed the limit of five million.
+        assert_eq!(compaction_run(&[1_000_000; 8], 8), None);
+        assert_eq!(compaction_run(&[600_000; 8], 8), Some(0..8));
+    }
 }
