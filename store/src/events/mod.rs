@@ -72,11 +72,12 @@ fn compaction_run(rows: &[u64], min_segments: usize) -> Option<std::ops::Range<u
 
 /// Merges the rows of `paths` (oldest first) into `writer`, one row per object.
 ///
-/// A first pass reads only the key columns and finds the keys that occur in
-/// more than one row. A second pass copies every other row to the writer as
-/// Arrow data, one batch at a time, and merges the rows of repeated keys in
-/// memory. So memory holds a hash per row and the repeated objects, never a
-/// whole segment, and each input is read twice.
+/// A first pass reads only the key columns and counts the rows of each key
+/// hash. A second pass copies the rows of keys that occur once to the writer
+/// as Arrow data, one batch at a time, and merges the rows of repeated keys in
+/// memory until the last of them is read. So memory holds a hash per row and
+/// the objects whose rows span the inputs being read, never a whole segment,
+/// and each input is read twice.
 fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Result<(), StoreError> {
     use datafusion::arrow::array::BooleanArray;
     use datafusion::arrow::compute::filter_record_batch;
@@ -90,33 +91,59 @@ fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Resu
         })?;
     }
     hashes.sort_unstable();
-    let repeated: HashSet<u64> = hashes.windows(2).filter(|pair| pair[0] == pair[1]).map(|pair| pair[0]).collect();
+    // Rows still to come for each hash shared by several rows.
+    let mut remaining: HashMap<u64, usize> = HashMap::new();
+    for run in hashes.chunk_by(|a, b| a == b) {
+        if run.len() > 1 {
+            remaining.insert(run[0], run.len());
+        }
+    }
     drop(hashes);
 
-    // Keys of different objects may share a hash: those merge by full key here.
-    let mut merged: HashMap<(String, &'static str, String), SegmentRow> = HashMap::new();
+    // The rows of repeated keys, merged, grouped by hash (keys of different
+    // objects may share one). A group is written once its last row is read,
+    // so memory holds only the objects whose rows span the inputs being read.
+    let mut pending: HashMap<u64, HashMap<(String, &'static str, String), SegmentRow>> = HashMap::new();
+    let mut complete: Vec<SegmentRow> = Vec::new();
     for path in paths {
         segment::for_each_record_batch(path, None, |batch| {
-            let is_repeated: Vec<bool> = segment::key_hashes(batch)?.iter().map(|hash| repeated.contains(hash)).collect();
+            let batch_hashes = segment::key_hashes(batch)?;
+            let is_repeated: Vec<bool> = batch_hashes.iter().map(|hash| remaining.contains_key(hash)).collect();
             if !is_repeated.contains(&true) {
                 return writer.write_batch(batch);
             }
             let unique = BooleanArray::from(is_repeated.iter().map(|r| !r).collect::<Vec<bool>>());
             writer.write_batch(&filter_record_batch(batch, &unique).map_err(StoreError::internal)?)?;
-            let others = filter_record_batch(batch, &BooleanArray::from(is_repeated)).map_err(StoreError::internal)?;
-            for row in segment::rows_of_batch(&others)? {
+            let repeated_hashes = batch_hashes.iter().zip(&is_repeated).filter(|(_, r)| **r).map(|(hash, _)| *hash);
+            let others = filter_record_batch(batch, &BooleanArray::from(is_repeated.clone())).map_err(StoreError::internal)?;
+            for (hash, row) in repeated_hashes.zip(segment::rows_of_batch(&others)?) {
+                let group = pending.entry(hash).or_default();
                 let key = (row.organization_id.clone(), row.kind, row.id.clone());
-                match merged.get_mut(&key) {
+                match group.get_mut(&key) {
                     Some(existing) => merge_rows(existing, row)?,
                     None => {
-                        merged.insert(key, row);
+                        group.insert(key, row);
                     }
                 }
+                let left = remaining.get_mut(&hash).map_or(0, |left| {
+                    *left -= 1;
+                    *left
+                });
+                if left == 0 {
+                    complete.extend(pending.remove(&hash).into_iter().flat_map(HashMap::into_values));
+                }
+            }
+            if complete.len() >= segment::WRITE_CHUNK_ROWS {
+                writer.write_sorted(&complete)?;
+                complete.clear();
             }
             Ok(())
         })?;
     }
-    writer.write(merged.into_values().collect())
+    // Every group completes when the inputs are read as counted; this only
+    // guards against a file that changed between the two passes.
+    complete.extend(pending.into_values().flat_map(HashMap::into_values));
+    writer.write_sorted(&complete)
 }
 
 /// Every object of one organization, merged, by id.
