@@ -45,7 +45,7 @@ impl Prices {
     /// Returns the book for the response to a write that is already durable.
     /// While the control plane is unreachable, that is the last book loaded,
     /// however old, else the built-in prices alone: an error here would
-    /// answer 503 for a write that is stored, and the client would send it
+    /// return 503 for a write that is stored, and the client would send it
     /// again.
     pub async fn book_for_write(&self, organization_id: &str) -> Result<Arc<PriceBook>, StoreError> {
         match self.book(organization_id).await {

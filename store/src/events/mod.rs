@@ -75,7 +75,7 @@ fn compaction_run(rows: &[u64], min_segments: usize) -> Option<std::ops::Range<u
 /// A first pass reads only the key columns and counts the rows of each key
 /// hash. A second pass copies the rows of keys that occur once to the writer
 /// as Arrow data, one batch at a time, and merges the rows of repeated keys in
-/// memory until the last of them is read. So memory holds a hash per row and
+/// memory until the last of them is read. So memory contains a hash per row and
 /// the objects whose rows span the inputs being read, never a whole segment,
 /// and each input is read twice.
 fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Result<(), StoreError> {
@@ -102,7 +102,7 @@ fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Resu
 
     // The rows of repeated keys, merged, grouped by hash (keys of different
     // objects may share one). A group is written once its last row is read,
-    // so memory holds only the objects whose rows span the inputs being read.
+    // so memory keeps only the objects whose rows span the inputs being read.
     let mut pending: HashMap<u64, HashMap<(String, &'static str, String), SegmentRow>> = HashMap::new();
     let mut complete: Vec<SegmentRow> = Vec::new();
     for path in paths {
@@ -323,7 +323,7 @@ impl EventStore {
         // Read text columns as plain Utf8, the type the segment writer uses.
         config.options_mut().execution.parquet.schema_force_view_types = false;
         // Evaluate filters inside the Parquet decoder, so a point read decodes
-        // the `state` pages holding its rows rather than the whole row group.
+        // the `state` pages containing its rows rather than the whole row group.
         config.options_mut().execution.parquet.pushdown_filters = true;
         config.options_mut().execution.parquet.reorder_filters = true;
         Ok(EventStore {
@@ -916,7 +916,7 @@ enum Buffered<'a> {
 }
 
 /// Writes a generation to segment `number`, serializing the states of one
-/// chunk of rows at a time, so the flush never holds every state as JSON.
+/// chunk of rows at a time, so the flush never keeps every state as JSON.
 fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
     let mut objects: Vec<(&str, &'static str, &str, Option<&str>, Buffered)> =
         Vec::with_capacity(generation.traces.len() + generation.spans.len() + generation.usage.len());

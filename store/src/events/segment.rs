@@ -11,7 +11,7 @@
 //! `trace_id` (the span's or usage record's trace, or the trace's own id), `seq` (newest log sequence
 //! number merged in) and `state` (the [`Layered`](super::model::Layered)
 //! partial state as JSON). A flush writes its rows sorted by organization,
-//! trace and id, so page statistics prune the reads of one trace; compaction
+//! trace and id, so page statistics prune the reads of one trace. Compaction
 //! writes the sorted runs of its inputs one after another, so a trace's rows
 //! lie in at most one range of pages per input.
 //!
@@ -127,8 +127,8 @@ pub fn schema() -> SchemaRef {
 /// batch's buffers are reused from the allocator rather than grown anew.
 pub const WRITE_CHUNK_ROWS: usize = 4096;
 
-/// The order of rows in a segment: by organization, trace, kind and id, so
-/// page statistics prune the reads of one trace.
+/// Returns the key that orders the rows of a segment: organization, trace,
+/// kind and id, so page statistics prune the reads of one trace.
 pub fn sort_key(row: &SegmentRow) -> (&str, Option<&str>, &str, &str) {
     (row.organization_id.as_str(), row.trace_id.as_deref(), row.kind, row.id.as_str())
 }
