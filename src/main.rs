@@ -7,12 +7,28 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bedrock::config::{Cli, Command, LogFormat};
 
+/// Turns off transparent huge pages for this process. mimalloc requests them,
+/// and a 2 MiB page that is partly used stays resident whole: after 4.4
+/// million spans of harness load, 580 MiB of the server's 980 MiB RSS were
+/// huge pages.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
+        let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if result != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "could not turn off transparent huge pages");
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(settings) => {
             bedrock::init_logging(settings.log_format, &settings.log);
+            disable_transparent_huge_pages();
             serve(settings).await
         }
         Command::Migrate(storage) => {
