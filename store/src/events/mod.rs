@@ -908,90 +908,81 @@ fn restore_generation(inner: &mut Inner, generation: Arc<Generation>) {
     inner.flushing = None;
 }
 
-/// One buffered object, borrowed, for writing a generation in order.
+/// A buffered object's state, borrowed, for writing a generation.
 enum Buffered<'a> {
     Trace(&'a TraceState),
     Span(&'a SpanState),
     Usage(&'a UsageState),
 }
 
-/// Writes a generation to segment `number`, serializing the states of one
-/// chunk of rows at a time, so the flush never keeps every state as JSON.
-fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
-    let mut objects: Vec<(&str, &'static str, &str, Option<&str>, Buffered)> =
-        Vec::with_capacity(generation.traces.len() + generation.spans.len() + generation.usage.len());
+/// A buffered object with the key columns of its segment row.
+struct BufferedObject<'a> {
+    organization_id: &'a str,
+    kind: &'static str,
+    id: &'a str,
+    trace_id: Option<&'a str>,
+    state: Buffered<'a>,
+}
+
+impl BufferedObject<'_> {
+    /// Returns the segment row of this object, its state serialized as JSON.
+    fn row(&self) -> Result<SegmentRow, StoreError> {
+        let (seq, state) = match self.state {
+            Buffered::Trace(state) => (state.seq, serde_json::to_string(state)),
+            Buffered::Span(state) => (state.seq, serde_json::to_string(state)),
+            Buffered::Usage(state) => (state.seq, serde_json::to_string(state)),
+        };
+        Ok(SegmentRow {
+            organization_id: self.organization_id.to_string(),
+            kind: self.kind,
+            id: self.id.to_string(),
+            trace_id: self.trace_id.map(str::to_string),
+            seq,
+            state: state.map_err(StoreError::internal)?,
+        })
+    }
+}
+
+/// Lists every object of a generation, unordered.
+fn generation_objects(generation: &Generation) -> Vec<BufferedObject<'_>> {
+    let mut objects = Vec::with_capacity(generation.traces.len() + generation.spans.len() + generation.usage.len());
     for ((org, id), state) in &generation.traces {
-        objects.push((org, KIND_TRACE, id, Some(id), Buffered::Trace(state)));
+        objects.push(BufferedObject { organization_id: org, kind: KIND_TRACE, id, trace_id: Some(id), state: Buffered::Trace(state) });
     }
     for ((org, id), state) in &generation.spans {
         let trace_id = state.update.trace_id.as_deref().or(state.create.trace_id.as_deref());
-        objects.push((org, KIND_SPAN, id, trace_id, Buffered::Span(state)));
+        objects.push(BufferedObject { organization_id: org, kind: KIND_SPAN, id, trace_id, state: Buffered::Span(state) });
     }
     for ((org, id), state) in &generation.usage {
         let trace_id = state.update.trace_id.as_deref().or(state.create.trace_id.as_deref());
-        objects.push((org, KIND_USAGE, id, trace_id, Buffered::Usage(state)));
+        objects.push(BufferedObject { organization_id: org, kind: KIND_USAGE, id, trace_id, state: Buffered::Usage(state) });
     }
-    objects.sort_unstable_by(|a, b| (a.0, a.3, a.1, a.2).cmp(&(b.0, b.3, b.1, b.2)));
+    objects
+}
+
+/// Writes a generation to segment `number`, serializing the states of one
+/// chunk of rows at a time, so the flush never keeps every state as JSON.
+fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
+    let mut objects = generation_objects(generation);
+    objects.sort_unstable_by(|a, b| {
+        (a.organization_id, a.trace_id, a.kind, a.id).cmp(&(b.organization_id, b.trace_id, b.kind, b.id))
+    });
 
     let mut writer = segment::SegmentWriter::create(dir, number, number, applied, objects.len())?;
     let mut rows = Vec::with_capacity(segment::WRITE_CHUNK_ROWS);
     for chunk in objects.chunks(segment::WRITE_CHUNK_ROWS) {
         rows.clear();
-        for (org, kind, id, trace_id, state) in chunk {
-            let (seq, state) = match state {
-                Buffered::Trace(state) => (state.seq, serde_json::to_string(state)),
-                Buffered::Span(state) => (state.seq, serde_json::to_string(state)),
-                Buffered::Usage(state) => (state.seq, serde_json::to_string(state)),
-            };
-            rows.push(SegmentRow {
-                organization_id: org.to_string(),
-                kind,
-                id: id.to_string(),
-                trace_id: trace_id.map(str::to_string),
-                seq,
-                state: state.map_err(StoreError::internal)?,
-            });
+        for object in chunk {
+            rows.push(object.row()?);
         }
         writer.write_sorted(&rows)?;
     }
     writer.finish()
 }
 
+/// Returns the segment rows of every object of a generation, unordered.
 fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreError> {
-    let mut rows = Vec::with_capacity(generation.traces.len() + generation.spans.len() + generation.usage.len());
-    for ((org, id), state) in &generation.traces {
-        rows.push(SegmentRow {
-            organization_id: org.clone(),
-            kind: KIND_TRACE,
-            id: id.clone(),
-            trace_id: Some(id.clone()),
-            seq: state.seq,
-            state: serde_json::to_string(state).map_err(StoreError::internal)?,
-        });
-    }
-    for ((org, id), state) in &generation.spans {
-        let trace_id = state.update.trace_id.clone().or_else(|| state.create.trace_id.clone());
-        rows.push(SegmentRow {
-            organization_id: org.clone(),
-            kind: KIND_SPAN,
-            id: id.clone(),
-            trace_id,
-            seq: state.seq,
-            state: serde_json::to_string(state).map_err(StoreError::internal)?,
-        });
-    }
-    for ((org, id), state) in &generation.usage {
-        let trace_id = state.update.trace_id.clone().or_else(|| state.create.trace_id.clone());
-        rows.push(SegmentRow {
-            organization_id: org.clone(),
-            kind: KIND_USAGE,
-            id: id.clone(),
-            trace_id,
-            seq: state.seq,
-            state: serde_json::to_string(state).map_err(StoreError::internal)?,
-        });
-    }
-    Ok(rows)
+    generation_objects(generation).iter().map(BufferedObject::row).collect()
 }
 
 fn clone_generation(shared: &Generation) -> Generation {
