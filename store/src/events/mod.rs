@@ -394,8 +394,8 @@ impl EventStore {
         self.apply_owned(lsn, batch.clone());
     }
 
-    /// Like [`EventStore::apply`], taking the batch, whose fields then move
-    /// into the buffer without a copy.
+    /// Applies a durable batch as [`EventStore::apply`] does, taking
+    /// ownership so its fields move into the buffer without a copy.
     pub fn apply_owned(&self, lsn: u64, batch: Batch) {
         let mut inner = self.lock();
         for write in batch.writes {
