@@ -1,6 +1,7 @@
 //! The read side: API views of traces and spans, and the queries over them.
 
 pub mod evals;
+pub mod fast;
 pub mod prices;
 pub mod table;
 pub mod trace_list;

@@ -13,8 +13,10 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::expr::Like;
 use datafusion::prelude::{col, lit, Expr, SessionContext};
+use bedrock_store::events::typed::metadata_entry;
 use serde_json::Value;
 
+use crate::fast;
 use crate::table::TracesTable;
 use crate::traces::{ListPage, QueryError, TraceQueries};
 
@@ -90,6 +92,7 @@ pub struct TraceCursor {
 }
 
 /// How to page: by offset (page numbers) or after a cursor.
+#[derive(Clone, Copy)]
 pub enum Paging<'a> {
     Offset(usize),
     After(Option<&'a TraceCursor>),
@@ -192,6 +195,9 @@ impl TraceQueries {
         paging: Paging<'_>,
         limit: usize,
     ) -> Result<(ListPage, Option<TraceCursor>), QueryError> {
+        if let Some(page) = self.list_fast(organization_id, filter, sort, &paging, limit).await? {
+            return Ok(page);
+        }
         let (field, descending) = sort;
         let prices = self.prices().book(organization_id).await?;
         let table = TracesTable::new(self.store().clone(), organization_id, prices).with_metadata_filters(filter.metadata.clone());
@@ -233,5 +239,72 @@ impl TraceQueries {
         };
         let results = rows.into_iter().map(|(_, _, view)| view).collect();
         Ok((ListPage { count, results }, next))
+    }
+}
+
+impl TraceQueries {
+    /// Lists a page from the typed columns of the segments when the filters
+    /// and the sort use only fields of the trace itself. Returns `None` when
+    /// they use span totals (span types, span errors, cost, span count) or
+    /// the store has no segment files (ClickHouse): the general plan then
+    /// merges every object. Only the traces of the page are read whole.
+    async fn list_fast(
+        &self,
+        organization_id: &str,
+        filter: &TraceFilter,
+        sort: (SortField, bool),
+        paging: &Paging<'_>,
+        limit: usize,
+    ) -> Result<Option<(ListPage, Option<TraceCursor>)>, QueryError> {
+        let (field, descending) = sort;
+        let span_totals = filter.span_type.is_some() || filter.has_error.is_some() || filter.min_cost_nanos.is_some();
+        if span_totals || !matches!(field, SortField::StartedAt | SortField::DurationMs) {
+            return Ok(None);
+        }
+        let Some(scan) = self.store().fast_scan(organization_id).await? else {
+            return Ok(None);
+        };
+        let context = fast::session();
+        let mut frame = fast::traces(&context, &scan, organization_id).await?;
+        for expr in filter_exprs(filter) {
+            frame = frame.filter(expr)?;
+        }
+        for (key, value) in &filter.metadata {
+            frame = frame.filter(like("meta", format!("%{}%", like_literal(&metadata_entry(key, value)))))?;
+        }
+        let count = frame.clone().count().await?;
+        let offset = match paging {
+            Paging::Offset(offset) => *offset,
+            Paging::After(Some(cursor)) => {
+                frame = frame.filter(after_cursor(field, descending, cursor)?)?;
+                0
+            }
+            Paging::After(None) => 0,
+        };
+        let batches = frame
+            .sort(vec![col(field.column()).sort(!descending, false), col("id").sort(!descending, false)])?
+            .limit(offset, Some(limit + 1))?
+            .select_columns(&[field.column(), "id"])?
+            .collect()
+            .await?;
+        drop(scan);
+
+        let mut rows: Vec<(Value, String)> = Vec::new();
+        for batch in &batches {
+            let ids = cast(batch.column(1), &DataType::Utf8)?;
+            let ids = ids.as_any().downcast_ref::<StringArray>().ok_or_else(|| QueryError::Internal("id".into()))?;
+            for row in 0..batch.num_rows() {
+                rows.push((cursor_value(field, batch.column(0), row)?, ids.value(row).to_string()));
+            }
+        }
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(value, id)| TraceCursor { value: value.clone(), id: id.clone() })
+        } else {
+            None
+        };
+        let ids: Vec<&str> = rows.iter().map(|(_, id)| id.as_str()).collect();
+        let results = self.trace_summaries(organization_id, &ids).await?;
+        Ok(Some((ListPage { count, results }, next)))
     }
 }

@@ -151,8 +151,56 @@ impl TraceQueries {
         Ok(ListPage { count, results })
     }
 
+    /// The traces `ids` without their spans, as lists show them, in the order given.
+    pub(crate) async fn trace_summaries(&self, organization_id: &str, ids: &[&str]) -> Result<Vec<Value>, QueryError> {
+        let prices = self.prices.book(organization_id).await?;
+        let mut results = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(state) = self.store.trace(organization_id, id).await? else {
+                continue;
+            };
+            let spans = self.store.spans_of_trace(organization_id, id).await?;
+            let fields: Vec<SpanFields> = spans.values().map(|s| s.resolve()).collect();
+            results.push(TraceView::new(id, &state, fields.iter(), &prices).to_json());
+        }
+        Ok(results)
+    }
+
+    /// Traces newest first, from the typed columns of the segments when the
+    /// store has them.
+    async fn list_traces_fast(&self, organization_id: &str, offset: usize, limit: usize) -> Result<Option<ListPage>, QueryError> {
+        let Some(scan) = self.store.fast_scan(organization_id).await? else {
+            return Ok(None);
+        };
+        let context = crate::fast::session();
+        let frame = crate::fast::traces(&context, &scan, organization_id).await?;
+        let count = frame.clone().count().await?;
+        let batches = frame
+            .sort(vec![
+                col("started_at").sort(false, false),
+                col("first_seen").sort(false, false),
+                col("id").sort(false, false),
+            ])?
+            .limit(offset, Some(limit))?
+            .select_columns(&["id"])?
+            .collect()
+            .await?;
+        drop(scan);
+        let mut ids = Vec::new();
+        for batch in &batches {
+            let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+            let column = column.as_any().downcast_ref::<StringArray>().ok_or_else(|| QueryError::Internal("id".into()))?;
+            ids.extend(column.iter().flatten().map(str::to_string));
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        Ok(Some(ListPage { count, results: self.trace_summaries(organization_id, &ids).await? }))
+    }
+
     /// Traces newest first, read through the DataFusion `traces` table.
     pub async fn list_traces(&self, organization_id: &str, offset: usize, limit: usize) -> Result<ListPage, QueryError> {
+        if let Some(page) = self.list_traces_fast(organization_id, offset, limit).await? {
+            return Ok(page);
+        }
         let context = SessionContext::new();
         let prices = self.prices.book(organization_id).await?;
         let table = context.read_table(Arc::new(TracesTable::new(self.store.clone(), organization_id, prices)))?;

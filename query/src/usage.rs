@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bedrock_store::events::usage::{Money, UsageRecord};
-use bedrock_store::events::EventStore;
+use bedrock_store::events::{EventStore, FastScan};
 use bedrock_store::time::format_micros;
 use datafusion::arrow::array::{Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -25,6 +25,7 @@ use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
 use serde_json::{json, Map, Value};
 
+use crate::fast;
 use crate::prices::Prices;
 use crate::traces::{ListPage, QueryError};
 
@@ -143,6 +144,31 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<StringArray, QueryErro
     let column = batch.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("no column {name}")))?;
     let text = cast(column, &DataType::Utf8)?;
     Ok(text.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| QueryError::Internal(format!("{name} is not text")))?)
+}
+
+const DAY_MICROS: i64 = 86_400_000_000;
+const HOUR_MICROS: i64 = 3_600_000_000;
+
+/// Reads a group column as text: the typed plan groups days and hours by
+/// the microsecond at their start, shown as the general plan's text.
+fn group_column(batch: &RecordBatch, name: &str) -> Result<StringArray, QueryError> {
+    let column = batch.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("no column {name}")))?;
+    if column.data_type() != &DataType::Int64 {
+        return text_column(batch, name);
+    }
+    let starts = column.as_any().downcast_ref::<Int64Array>().ok_or_else(|| QueryError::Internal(format!("{name} is not an integer")))?;
+    Ok(starts
+        .iter()
+        .map(|start| {
+            start.map(|micros| {
+                let stamp = format_micros(micros);
+                match name {
+                    "day" => stamp.get(..10).unwrap_or(&stamp).to_string(),
+                    _ => format!("{}:00:00Z", stamp.get(..13).unwrap_or(&stamp)),
+                }
+            })
+        })
+        .collect())
 }
 
 fn int_value(batch: &RecordBatch, name: &str, row: usize) -> Result<i64, QueryError> {
@@ -294,11 +320,52 @@ impl UsageQueries {
         Ok((ListPage { count, results }, next))
     }
 
+    /// The filtered records of a summary from the typed columns of the
+    /// segments, with the scan that must live until the frame is collected.
+    /// `None` when the summary needs each record's agent (which comes from
+    /// its trace) or the store has no segment files.
+    async fn fast_records(
+        &self,
+        organization_id: &str,
+        filter: &UsageFilter,
+        group_by: &[&str],
+    ) -> Result<Option<(DataFrame, FastScan)>, QueryError> {
+        if filter.agent.is_some() || group_by.contains(&"agent") {
+            return Ok(None);
+        }
+        let Some(scan) = self.store.fast_scan(organization_id).await? else {
+            return Ok(None);
+        };
+        let prices = self.prices.book(organization_id).await?;
+        let context = fast::session();
+        let bucket = |size: i64| col("usage_at") - ((col("usage_at") % lit(size)) + lit(size)) % lit(size);
+        let records = fast::usage_records(&context, &scan, organization_id).await?.select(vec![
+            col("id"),
+            col("model"),
+            col("trace_id"),
+            col("input_tokens"),
+            col("output_tokens"),
+            col("cached_tokens"),
+            col("reasoning_tokens"),
+            (col("input_tokens") + col("output_tokens")).alias("total_tokens"),
+            fast::priced_cost(prices).alias("cost"),
+            col("usage_at").alias("timestamp"),
+            bucket(DAY_MICROS).alias("day"),
+            bucket(HOUR_MICROS).alias("hour"),
+        ])?;
+        Ok(Some((apply(records, filter_exprs(filter))?, scan)))
+    }
+
     /// Sums the filtered records overall and, per group of `group_by` columns
     /// (names from [`GROUP_KEYS`]), the same totals per group.
     pub async fn summary(&self, organization_id: &str, filter: &UsageFilter, group_by: &[&str]) -> Result<Value, QueryError> {
-        let records = self.records(organization_id).await?;
-        let filtered = apply(self.frame(&records).await?, filter_exprs(filter))?;
+        let (filtered, _scan) = match self.fast_records(organization_id, filter, group_by).await? {
+            Some((frame, scan)) => (frame, Some(scan)),
+            None => {
+                let records = self.records(organization_id).await?;
+                (apply(self.frame(&records).await?, filter_exprs(filter))?, None)
+            }
+        };
 
         let totals = filtered.clone().aggregate(vec![], aggregates())?.collect().await?;
         let totals = match totals.iter().find(|b| b.num_rows() > 0) {
@@ -319,7 +386,7 @@ impl UsageQueries {
         let batches = filtered.aggregate(group_exprs, aggregates())?.sort(sort)?.collect().await?;
         let mut groups = Vec::new();
         for batch in &batches {
-            let keys: Vec<StringArray> = columns.iter().map(|(_, column)| text_column(batch, column)).collect::<Result<_, _>>()?;
+            let keys: Vec<StringArray> = columns.iter().map(|(_, column)| group_column(batch, column)).collect::<Result<_, _>>()?;
             for row in 0..batch.num_rows() {
                 let mut group = Map::new();
                 for ((name, _), values) in columns.iter().zip(&keys) {

@@ -22,6 +22,23 @@ fn fnv1a(parts: &[&str], seed: u64) -> u64 {
     hash
 }
 
+/// A hash of a key's parts that stays the same across builds and versions,
+/// so it may be stored.
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    fnv1a(parts, 0)
+}
+
+/// The two hashes from which a key's probe positions derive, computed once
+/// to probe many filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Probe(u64, u64);
+
+impl Probe {
+    pub fn of(parts: &[&str]) -> Probe {
+        Probe(fnv1a(parts, 0), fnv1a(parts, 0x9e37_79b9_7f4a_7c15) | 1)
+    }
+}
+
 impl Bloom {
     pub fn with_capacity(keys: usize) -> Bloom {
         let bits = (keys.max(1) * 10).next_power_of_two();
@@ -29,8 +46,10 @@ impl Bloom {
     }
 
     fn positions(&self, parts: &[&str]) -> impl Iterator<Item = usize> + '_ {
-        let first = fnv1a(parts, 0);
-        let second = fnv1a(parts, 0x9e37_79b9_7f4a_7c15) | 1;
+        self.probe_positions(Probe::of(parts))
+    }
+
+    fn probe_positions(&self, Probe(first, second): Probe) -> impl Iterator<Item = usize> + '_ {
         let size = (self.bits.len() * 64) as u64;
         (0..self.probes as u64).map(move |i| (first.wrapping_add(i.wrapping_mul(second)) % size) as usize)
     }
@@ -43,7 +62,11 @@ impl Bloom {
     }
 
     pub fn may_contain(&self, parts: &[&str]) -> bool {
-        self.positions(parts).all(|position| self.bits[position / 64] & (1 << (position % 64)) != 0)
+        self.may_contain_probe(Probe::of(parts))
+    }
+
+    pub fn may_contain_probe(&self, probe: Probe) -> bool {
+        self.probe_positions(probe).all(|position| self.bits[position / 64] & (1 << (position % 64)) != 0)
     }
 }
 

@@ -31,7 +31,7 @@ impl BulkWriter {
     pub fn open(dir: &Path, rows_per_segment: u64) -> Result<BulkWriter, StoreError> {
         let segments_dir = dir.join("segments");
         std::fs::create_dir_all(&segments_dir).map_err(StoreError::internal)?;
-        let existing = segment::load_segments(&segments_dir)?;
+        let (existing, _) = segment::load_segments(&segments_dir)?;
         // The new segments claim exactly the log records the existing ones
         // contain, so recovery still replays every record not yet in a segment.
         let applied = existing
@@ -145,5 +145,6 @@ pub fn create_row(organization_id: &str, write: &Write, seq: u64, first_seen: i6
         trace_id,
         seq,
         state,
+        typed: None,
     })
 }

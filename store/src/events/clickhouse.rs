@@ -217,6 +217,7 @@ impl ClickHouseTier {
                     trace_id: (!row.trace_id.is_empty()).then_some(row.trace_id),
                     seq: row.seq,
                     state: row.state,
+                    typed: None,
                 })
             })
             .collect()

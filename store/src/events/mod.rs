@@ -19,6 +19,7 @@ pub mod merge_patch;
 pub mod model;
 pub mod pricing;
 pub mod segment;
+pub mod typed;
 pub mod usage;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -31,7 +32,8 @@ use serde::de::DeserializeOwned;
 
 use self::clickhouse::{ClickHouseTier, RowFilter};
 use self::model::{Batch, Fields, Layered, SpanState, TraceState, UsageState, Write};
-use self::segment::{Applied, SegmentFile, SegmentRow, KIND_SPAN, KIND_TRACE, KIND_USAGE};
+use self::segment::{Applied, ObjectKey, SegmentFile, SegmentRow, KIND_SPAN, KIND_TRACE, KIND_USAGE};
+use self::typed::Typed;
 use crate::StoreError;
 
 type Key = (String, String);
@@ -165,6 +167,29 @@ fn merge_memory<F: Fields>(merged: &mut HashMap<String, Layered<F>>, memory: &Ha
     }
 }
 
+/// Merges states newer than those of `older` into it, object by object.
+fn merge_newer_states<F: Fields>(older: &mut HashMap<String, Layered<F>>, newer: HashMap<String, Layered<F>>) {
+    for (id, state) in newer {
+        match older.get_mut(&id) {
+            Some(existing) => existing.merge_newer(&state),
+            None => {
+                older.insert(id, state);
+            }
+        }
+    }
+}
+
+/// A read of an organization's objects prepared by [`EventStore::fast_scan`].
+pub struct FastScan {
+    /// Segment files whose rows describe whole objects through their typed
+    /// columns, except the rows of the objects in `slow`.
+    pub paths: Vec<String>,
+    /// The exact merged state of every object in memory or with rows in
+    /// several segments.
+    pub slow: Objects,
+    _files: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
 /// Objects written since the last flush.
 #[derive(Default)]
 struct Generation {
@@ -274,6 +299,10 @@ struct Inner {
     /// compaction replaces the segment.
     recent: Option<(u64, Arc<Generation>)>,
     segments: Vec<SegmentFile>,
+    /// Objects with rows in more than one segment, whose typed columns
+    /// therefore describe only part of them (see [`EventStore::fast_scan`]).
+    /// Bloom filter false positives add a few objects that need not be here.
+    multi: HashSet<ObjectKey>,
     next_segment: u64,
     tracker: AppliedTracker,
 }
@@ -297,7 +326,7 @@ pub struct EventStore {
     /// Held by reads from their segment scan until they have read memory,
     /// and exclusively by a flush while it moves a generation into a segment
     /// and by compaction while it deletes the files it replaced.
-    files: tokio::sync::RwLock<()>,
+    files: Arc<tokio::sync::RwLock<()>>,
     context: SessionContext,
     /// The flush target used in place of Parquet segments, when set.
     clickhouse: Option<ClickHouseTier>,
@@ -309,7 +338,7 @@ impl EventStore {
     /// Opens the store in `dir`, loading its segments.
     pub fn open(dir: &Path) -> Result<EventStore, StoreError> {
         let segments_dir = dir.join("segments");
-        let segments = segment::load_segments(&segments_dir)?;
+        let (segments, multi) = segment::load_segments(&segments_dir)?;
         let next_segment = segments.last().map_or(1, |s| s.last + 1);
         let mut tracker = AppliedTracker::default();
         for file in &segments {
@@ -333,11 +362,12 @@ impl EventStore {
                 flushing: None,
                 recent: None,
                 segments,
+                multi,
                 next_segment,
                 tracker,
             }),
             maintenance: tokio::sync::Mutex::new(()),
-            files: tokio::sync::RwLock::new(()),
+            files: Arc::new(tokio::sync::RwLock::new(())),
             context: SessionContext::new_with_config(config),
             clickhouse: None,
             last_version: Mutex::new(0),
@@ -359,11 +389,12 @@ impl EventStore {
                 flushing: None,
                 recent: None,
                 segments: Vec::new(),
+                multi: HashSet::new(),
                 next_segment: 1,
                 tracker,
             }),
             maintenance: tokio::sync::Mutex::new(()),
-            files: tokio::sync::RwLock::new(()),
+            files: Arc::new(tokio::sync::RwLock::new(())),
             context: SessionContext::new(),
             clickhouse: Some(tier),
             last_version: Mutex::new(0),
@@ -473,10 +504,15 @@ impl EventStore {
         }
 
         let dir = self.dir.clone();
+        // Segments change only under `maintenance`, which this flush holds.
+        let older: Vec<Arc<bloom::Bloom>> = self.lock().segments.iter().map(|s| s.ids.clone()).collect();
         let written = {
             let generation = generation.clone();
             let applied = applied.clone();
-            tokio::task::spawn_blocking(move || write_generation(&dir, number, &generation, &applied))
+            tokio::task::spawn_blocking(move || {
+                let file = write_generation(&dir, number, &generation, &applied)?;
+                Ok::<_, StoreError>((file, keys_in_older_segments(&generation, &older)))
+            })
             .await
             .map_err(StoreError::internal)?
         };
@@ -487,9 +523,10 @@ impl EventStore {
         let files = self.files.write().await;
         let mut inner = self.lock();
         let previous = match written {
-            Ok(file) => {
+            Ok((file, multi)) => {
                 tracing::info!(segment = number, rows = file.rows, bytes = file.bytes, "buffer flushed");
                 inner.segments.push(file);
+                inner.multi.extend(multi);
                 inner.flushing = None;
                 inner.recent.replace((number, generation))
             }
@@ -548,6 +585,12 @@ impl EventStore {
             let mut inner = self.lock();
             let replaced = victims.len();
             inner.segments.splice(start..start + replaced, [file.clone()]);
+            // Objects whose rows were all in the merged segments now have one row.
+            let Inner { multi, segments, .. } = &mut *inner;
+            multi.retain(|(organization, kind, id)| {
+                let probe = bloom::Probe::of(&[organization, kind, id]);
+                segments.iter().filter(|s| s.ids.may_contain_probe(probe)).count() > 1
+            });
             if inner.recent.as_ref().is_some_and(|(number, _)| victims.iter().any(|v| v.first == *number && v.last == *number)) {
                 replaced_recent = inner.recent.take();
             }
@@ -663,6 +706,69 @@ impl EventStore {
             merge_memory(&mut objects.usage, &generation.usage, organization_id);
         });
         Ok(objects)
+    }
+
+    /// Prepares a read of every object of an organization in which most rows
+    /// need no merge: the segment files to read through their typed columns,
+    /// and the exact merged state of every object that is in memory or has
+    /// rows in several segments, whose rows in those files the reader must
+    /// skip. Returns `None` on ClickHouse, which has no segment files.
+    ///
+    /// The scan holds the segment files until it is dropped, so they are
+    /// neither replaced by compaction nor superseded by a flush meanwhile.
+    pub async fn fast_scan(&self, organization_id: &str) -> Result<Option<FastScan>, StoreError> {
+        if self.clickhouse.is_some() {
+            return Ok(None);
+        }
+        let files = self.files.clone().read_owned().await;
+        let (paths, blooms, mut multi) = {
+            let inner = self.lock();
+            let recent = inner.recent.as_ref().map(|(number, _)| *number);
+            let live: Vec<&SegmentFile> = inner.segments.iter().filter(|s| !(Some(s.first) == recent && s.last == s.first)).collect();
+            let paths: Vec<String> = live.iter().map(|s| s.path.to_string_lossy().to_string()).collect();
+            let blooms: Vec<Arc<bloom::Bloom>> = live.iter().map(|s| s.ids.clone()).collect();
+            let multi: Vec<(&'static str, String)> =
+                inner.multi.iter().filter(|(org, _, _)| org == organization_id).map(|(_, kind, id)| (*kind, id.clone())).collect();
+            (paths, blooms, multi)
+        };
+
+        // Memory first: what it holds is newer than any segment row.
+        let mut memory = Objects::default();
+        self.with_memory(|generation| {
+            merge_memory(&mut memory.traces, &generation.traces, organization_id);
+            merge_memory(&mut memory.spans, &generation.spans, organization_id);
+            merge_memory(&mut memory.usage, &generation.usage, organization_id);
+        });
+        let in_segments = |kind: &'static str, id: &str| {
+            let probe = bloom::Probe::of(&[organization_id, kind, id]);
+            blooms.iter().any(|bloom| bloom.may_contain_probe(probe))
+        };
+        multi.extend(memory.traces.keys().filter(|id| in_segments(KIND_TRACE, id)).map(|id| (KIND_TRACE, id.clone())));
+        multi.extend(memory.spans.keys().filter(|id| in_segments(KIND_SPAN, id)).map(|id| (KIND_SPAN, id.clone())));
+        multi.extend(memory.usage.keys().filter(|id| in_segments(KIND_USAGE, id)).map(|id| (KIND_USAGE, id.clone())));
+        multi.sort_unstable();
+        multi.dedup();
+
+        let ids_of = |wanted: &'static str| -> Vec<&str> {
+            multi.iter().filter(|(kind, _)| *kind == wanted).map(|(_, id)| id.as_str()).collect()
+        };
+        let mut slow = Objects::default();
+        for kind in [KIND_TRACE, KIND_SPAN, KIND_USAGE] {
+            let ids = ids_of(kind);
+            if ids.is_empty() {
+                continue;
+            }
+            let rows = self.rows(RowFilter::Objects { organization_id, kind, ids }).await?;
+            match kind {
+                KIND_TRACE => slow.traces = merge_segment_rows(&rows)?,
+                KIND_SPAN => slow.spans = merge_segment_rows(&rows)?,
+                _ => slow.usage = merge_segment_rows(&rows)?,
+            }
+        }
+        merge_newer_states(&mut slow.traces, memory.traces);
+        merge_newer_states(&mut slow.spans, memory.spans);
+        merge_newer_states(&mut slow.usage, memory.usage);
+        Ok(Some(FastScan { paths, slow, _files: files }))
     }
 
     /// Returns the merged state of one usage record posted by a client.
@@ -939,8 +1045,38 @@ impl BufferedObject<'_> {
             trace_id: self.trace_id.map(str::to_string),
             seq,
             state: state.map_err(StoreError::internal)?,
+            typed: Some(match self.state {
+                Buffered::Trace(state) => Typed::of_trace(state),
+                Buffered::Span(state) => Typed::of_span(state),
+                Buffered::Usage(state) => Typed::of_usage(state),
+            }),
         })
     }
+}
+
+/// Returns the keys of a generation's objects that the older segments may
+/// already hold.
+fn keys_in_older_segments(generation: &Generation, older: &[Arc<bloom::Bloom>]) -> Vec<ObjectKey> {
+    if older.is_empty() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut check = |organization: &str, kind: &'static str, id: &str| {
+        let probe = bloom::Probe::of(&[organization, kind, id]);
+        if older.iter().any(|bloom| bloom.may_contain_probe(probe)) {
+            found.push((organization.to_string(), kind, id.to_string()));
+        }
+    };
+    for (organization, id) in generation.traces.keys() {
+        check(organization, KIND_TRACE, id);
+    }
+    for (organization, id) in generation.spans.keys() {
+        check(organization, KIND_SPAN, id);
+    }
+    for (organization, id) in generation.usage.keys() {
+        check(organization, KIND_USAGE, id);
+    }
+    found
 }
 
 /// Lists every object of a generation, unordered.

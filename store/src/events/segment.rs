@@ -23,7 +23,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -32,7 +32,8 @@ use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
-use super::bloom::Bloom;
+use super::bloom::{Bloom, Probe};
+use super::typed::{key_hash, Typed};
 use crate::StoreError;
 
 pub const KIND_TRACE: &str = "trace";
@@ -58,6 +59,8 @@ pub struct SegmentRow {
     pub trace_id: Option<String>,
     pub seq: u64,
     pub state: String,
+    /// The typed columns, computed from `state` when the writer gets `None`.
+    pub typed: Option<Typed>,
 }
 
 /// Which log records a segment (and every segment before it) contains.
@@ -84,9 +87,9 @@ pub struct SegmentFile {
     pub rows: u64,
     pub bytes: u64,
     /// Keys `[organization, kind, id]` of the rows.
-    pub ids: Bloom,
+    pub ids: Arc<Bloom>,
     /// Keys `[organization, trace id]` of the rows.
-    pub traces: Bloom,
+    pub traces: Arc<Bloom>,
 }
 
 impl SegmentFile {
@@ -120,7 +123,66 @@ pub fn schema() -> SchemaRef {
         Field::new("trace_id", DataType::Utf8, true),
         Field::new("seq", DataType::UInt64, false),
         Field::new("state", DataType::Utf8, false),
+        // The typed columns of `typed::Typed`, after the stored ones.
+        Field::new("key_hash", DataType::UInt64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("agent_id", DataType::Utf8, true),
+        Field::new("started_at", DataType::Int64, true),
+        Field::new("ended_at", DataType::Int64, true),
+        Field::new("first_seen", DataType::Int64, true),
+        Field::new("has_error", DataType::Boolean, true),
+        Field::new("span_type", DataType::Utf8, true),
+        Field::new("flagged", DataType::Boolean, true),
+        Field::new("passed", DataType::Boolean, true),
+        Field::new("meta", DataType::Utf8, true),
+        Field::new("has_usage", DataType::Boolean, true),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("input_tokens", DataType::Int64, true),
+        Field::new("output_tokens", DataType::Int64, true),
+        Field::new("cached_tokens", DataType::Int64, true),
+        Field::new("reasoning_tokens", DataType::Int64, true),
+        Field::new("cost_nanos", DataType::Int64, true),
+        Field::new("usage_at", DataType::Int64, true),
+        Field::new("span_id", DataType::Utf8, true),
     ]))
+}
+
+/// Builds the typed columns of `rows`, computing them from the JSON state of
+/// rows that carry none.
+fn typed_columns(rows: &[SegmentRow]) -> Result<Vec<ArrayRef>, StoreError> {
+    let computed: Vec<Option<Typed>> = rows
+        .iter()
+        .map(|row| match row.typed {
+            Some(_) => Ok(None),
+            None => Typed::of_json(row.kind, &row.state).map(Some),
+        })
+        .collect::<Result<_, _>>()?;
+    let typed: Vec<&Typed> = rows.iter().zip(&computed).map(|(row, own)| row.typed.as_ref().or(own.as_ref()).expect("typed")).collect();
+    let text = |get: fn(&Typed) -> Option<&str>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<StringArray>()) };
+    let int = |get: fn(&Typed) -> Option<i64>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<Int64Array>()) };
+    let flag = |get: fn(&Typed) -> Option<bool>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<BooleanArray>()) };
+    Ok(vec![
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| key_hash(&r.organization_id, r.kind, &r.id)))),
+        text(|t| t.name.as_deref()),
+        text(|t| t.agent_id.as_deref()),
+        int(|t| t.started_at),
+        int(|t| t.ended_at),
+        int(|t| t.first_seen),
+        flag(|t| t.has_error),
+        text(|t| t.span_type.as_deref()),
+        flag(|t| t.flagged),
+        flag(|t| t.passed),
+        text(|t| t.meta.as_deref()),
+        flag(|t| t.has_usage),
+        text(|t| t.model.as_deref()),
+        int(|t| t.input_tokens),
+        int(|t| t.output_tokens),
+        int(|t| t.cached_tokens),
+        int(|t| t.reasoning_tokens),
+        int(|t| t.cost_nanos),
+        int(|t| t.usage_at),
+        text(|t| t.span_id.as_deref()),
+    ])
 }
 
 /// Rows per Arrow batch handed to the Parquet writer: small enough that the
@@ -171,6 +233,10 @@ impl SegmentWriter {
             // and min and max of JSON text prune nothing.
             .set_column_dictionary_enabled(ColumnPath::from("state"), false)
             .set_column_statistics_enabled(ColumnPath::from("state"), EnabledStatistics::None)
+            .set_column_dictionary_enabled(ColumnPath::from("meta"), false)
+            .set_column_statistics_enabled(ColumnPath::from("meta"), EnabledStatistics::None)
+            .set_column_dictionary_enabled(ColumnPath::from("key_hash"), false)
+            .set_column_statistics_enabled(ColumnPath::from("key_hash"), EnabledStatistics::None)
             .set_key_value_metadata(Some(vec![
                 KeyValue::new("bedrock.applied_through".into(), applied.through.to_string()),
                 KeyValue::new("bedrock.applied_extra".into(), extra),
@@ -212,18 +278,16 @@ impl SegmentWriter {
 
     /// Appends rows in the order given.
     pub fn write_sorted(&mut self, rows: &[SegmentRow]) -> Result<(), StoreError> {
-        let batch = RecordBatch::try_new(
-            schema(),
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.organization_id.as_str()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()))),
-                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.trace_id.as_deref()))),
-                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seq))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()))),
-            ],
-        )
-        .map_err(StoreError::internal)?;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.organization_id.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.trace_id.as_deref()))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seq))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()))),
+        ];
+        columns.extend(typed_columns(rows)?);
+        let batch = RecordBatch::try_new(schema(), columns).map_err(StoreError::internal)?;
         self.write_batch(&batch)
     }
 
@@ -264,8 +328,8 @@ impl SegmentWriter {
             applied: self.applied,
             rows: self.rows,
             bytes,
-            ids: self.ids,
-            traces: self.traces,
+            ids: Arc::new(self.ids),
+            traces: Arc::new(self.traces),
         })
     }
 }
@@ -314,9 +378,15 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::internal)
 }
 
+/// The key of an object: organization, kind and id.
+pub type ObjectKey = (String, &'static str, String);
+
 /// Lists the live segments in order, deleting temporary files and segments
-/// made obsolete by a compaction that finished writing.
-pub fn load_segments(dir: &Path) -> Result<Vec<SegmentFile>, StoreError> {
+/// made obsolete by a compaction that finished writing, and rewriting
+/// segments of earlier versions that lack the typed columns. Also returns
+/// the keys of the objects that have rows in more than one segment (or that
+/// the Bloom filters cannot tell apart from such objects).
+pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::HashSet<ObjectKey>), StoreError> {
     std::fs::create_dir_all(dir).map_err(StoreError::internal)?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(StoreError::internal)? {
@@ -334,6 +404,7 @@ pub fn load_segments(dir: &Path) -> Result<Vec<SegmentFile>, StoreError> {
     // Widest ranges first, so a compacted segment hides what it replaced.
     found.sort_by_key(|(first, last, _)| (*first, std::cmp::Reverse(*last)));
     let mut live: Vec<SegmentFile> = Vec::new();
+    let mut multi = std::collections::HashSet::new();
     for (first, last, path) in found {
         if let Some(previous) = live.last() {
             if last <= previous.last {
@@ -342,19 +413,42 @@ pub fn load_segments(dir: &Path) -> Result<Vec<SegmentFile>, StoreError> {
                 continue;
             }
         }
-        let (applied, rows, bytes) = read_footer(&path)?;
+        let (applied, rows, bytes, typed) = read_footer(&path)?;
+        if !typed {
+            tracing::info!(file = %path.display(), "adding typed columns to a segment of an earlier version");
+            rewrite_with_typed_columns(dir, first, last, &applied, rows, &path)?;
+        }
         let keys = read_keys(&path)?;
+        for (organization, kind, id, _) in &keys {
+            let probe = Probe::of(&[organization, kind, id]);
+            if live.iter().any(|older| older.ids.may_contain_probe(probe)) {
+                multi.insert((organization.clone(), *kind, id.clone()));
+            }
+        }
         let (ids, traces) = blooms(keys.iter().map(|(o, k, i, t)| (o.as_str(), *k, i.as_str(), t.as_deref())));
-        live.push(SegmentFile { first, last, path, applied, rows, bytes, ids, traces });
+        let bytes = if typed { bytes } else { std::fs::metadata(&path).map_err(StoreError::internal)?.len() };
+        live.push(SegmentFile { first, last, path, applied, rows, bytes, ids: Arc::new(ids), traces: Arc::new(traces) });
     }
-    Ok(live)
+    Ok((live, multi))
 }
 
-fn read_footer(path: &Path) -> Result<(Applied, u64, u64), StoreError> {
+/// Rewrites a segment in place with the current schema, computing the typed
+/// columns from the states.
+fn rewrite_with_typed_columns(dir: &Path, first: u64, last: u64, applied: &Applied, rows: u64, path: &Path) -> Result<(), StoreError> {
+    let mut writer = SegmentWriter::create(dir, first, last, applied, rows as usize)?;
+    // Columns 0..=5 are the stored ones of every version.
+    for_each_record_batch(path, Some(&[0, 1, 2, 3, 4, 5]), |batch| writer.write_sorted(&rows_of_batch(batch)?))?;
+    writer.finish().map(|_| ())
+}
+
+/// Reads what a segment's footer records: the log records applied, the row
+/// and byte counts, and whether the file has the typed columns.
+fn read_footer(path: &Path) -> Result<(Applied, u64, u64, bool), StoreError> {
     let file = File::open(path).map_err(StoreError::internal)?;
     let bytes = file.metadata().map_err(StoreError::internal)?.len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
+    let typed = builder.schema().field_with_name("key_hash").is_ok();
     let metadata = builder.metadata().file_metadata();
     let mut applied = Applied::default();
     for pair in metadata.key_value_metadata().into_iter().flatten() {
@@ -364,7 +458,7 @@ fn read_footer(path: &Path) -> Result<(Applied, u64, u64), StoreError> {
             _ => {}
         }
     }
-    Ok((applied, metadata.num_rows() as u64, bytes))
+    Ok((applied, metadata.num_rows() as u64, bytes, typed))
 }
 
 type Keys = Vec<(String, &'static str, String, Option<String>)>;
@@ -427,6 +521,7 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<SegmentRow>, StoreError>
             trace_id: (!trace.is_null(i)).then(|| trace.value(i).to_string()),
             seq: seq.value(i),
             state: state.value(i).to_string(),
+            typed: None,
         });
     }
     Ok(rows)

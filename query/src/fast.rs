@@ -1,0 +1,341 @@
+//! Reads over the typed columns of the segments, for the queries that would
+//! otherwise merge every object of an organization.
+//!
+//! An [`EventStore::fast_scan`] names the segment files and the objects that
+//! need merging (those in memory or with rows in several segments). Every
+//! other row describes a whole object, so its typed columns are read as they
+//! are, filtered and aggregated by DataFusion inside the Parquet scan; the
+//! merged objects join as a small in-memory table, and their rows in the
+//! files are skipped by [`Keep`].
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bedrock_store::events::pricing::{cost_of, PriceBook};
+use bedrock_store::events::typed::{key_hash, Typed};
+use bedrock_store::events::segment::{KIND_SPAN, KIND_TRACE, KIND_USAGE};
+use bedrock_store::events::FastScan;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::prelude::{col, lit, DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext};
+
+/// A session that reads segments as the event store writes them.
+pub fn session() -> SessionContext {
+    let mut config = SessionConfig::new().with_target_partitions(2);
+    config.options_mut().execution.parquet.schema_force_view_types = false;
+    config.options_mut().execution.parquet.pushdown_filters = true;
+    config.options_mut().execution.parquet.reorder_filters = true;
+    SessionContext::new_with_config(config)
+}
+
+/// `keep(key_hash, id)`: false for the rows of the objects a scan merged
+/// itself, true for every other row. The hash narrows the check to a few
+/// rows, whose ids are then compared exactly.
+#[derive(Debug)]
+struct Keep {
+    signature: Signature,
+    hashes: HashSet<u64>,
+    ids: HashSet<String>,
+    /// Identity for DataFusion's expression equality.
+    token: usize,
+}
+
+impl PartialEq for Keep {
+    fn eq(&self, other: &Self) -> bool {
+        self.token == other.token
+    }
+}
+impl Eq for Keep {}
+impl Hash for Keep {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.token.hash(state);
+    }
+}
+
+fn next_token() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl ScalarUDFImpl for Keep {
+    fn name(&self) -> &str {
+        "bedrock_keep"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let hashes = arrays[0]
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| DataFusionError::Internal("key_hash is not UInt64".into()))?;
+        let ids = cast(&arrays[1], &DataType::Utf8)?;
+        let ids = ids.as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Internal("id is not text".into()))?;
+        let keep: BooleanArray = (0..rows)
+            .map(|row| Some(!(self.hashes.contains(&hashes.value(row)) && self.ids.contains(ids.value(row)))))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(keep)))
+    }
+}
+
+/// The expression that keeps the rows of `kind` except those of `skipped` ids.
+fn keep_expr<'a>(organization_id: &str, kind: &'static str, skipped: impl Iterator<Item = &'a String>) -> Expr {
+    let ids: HashSet<String> = skipped.cloned().collect();
+    let hashes = ids.iter().map(|id| key_hash(organization_id, kind, id)).collect();
+    let keep = Keep {
+        signature: Signature::exact(vec![DataType::UInt64, DataType::Utf8], Volatility::Immutable),
+        hashes,
+        ids,
+        token: next_token(),
+    };
+    ScalarUDF::from(keep).call(vec![col("key_hash"), col("id")])
+}
+
+/// The segment rows of one kind of an organization, minus `skipped` ids, or
+/// `None` when there are no segment files.
+async fn segment_rows<'a>(
+    context: &SessionContext,
+    scan: &FastScan,
+    organization_id: &str,
+    kind: &'static str,
+    skipped: impl Iterator<Item = &'a String>,
+) -> Result<Option<DataFrame>> {
+    if scan.paths.is_empty() {
+        return Ok(None);
+    }
+    let frame = context
+        .read_parquet(scan.paths.clone(), ParquetReadOptions::default())
+        .await?
+        .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))))?
+        .filter(keep_expr(organization_id, kind, skipped))?;
+    Ok(Some(frame))
+}
+
+/// The columns of the fast `traces` table before its computed ones.
+fn trace_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("agent_id", DataType::Utf8, true),
+        Field::new("started_at", DataType::Int64, true),
+        Field::new("ended_at", DataType::Int64, true),
+        Field::new("first_seen", DataType::Int64, true),
+        Field::new("own_error", DataType::Boolean, true),
+        Field::new("meta", DataType::Utf8, true),
+    ]))
+}
+
+fn trace_batch(rows: &[(&String, Typed)]) -> Result<RecordBatch> {
+    let text = |get: fn(&Typed) -> Option<&str>| -> ArrayRef { Arc::new(rows.iter().map(|(_, t)| get(t)).collect::<StringArray>()) };
+    let int = |get: fn(&Typed) -> Option<i64>| -> ArrayRef { Arc::new(rows.iter().map(|(_, t)| get(t)).collect::<Int64Array>()) };
+    Ok(RecordBatch::try_new(
+        trace_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(id, _)| id.as_str()))),
+            text(|t| t.name.as_deref()),
+            text(|t| t.agent_id.as_deref()),
+            int(|t| t.started_at),
+            int(|t| t.ended_at),
+            int(|t| t.first_seen),
+            Arc::new(rows.iter().map(|(_, t)| t.has_error).collect::<BooleanArray>()),
+            text(|t| t.meta.as_deref()),
+        ],
+    )?)
+}
+
+/// Every trace of the organization with the columns of the trace list:
+/// `id`, `name`, `agent_id`, `started_at`, `ended_at`, `first_seen`, `meta`
+/// (see [`bedrock_store::events::typed::metadata_entry`]), `duration_ms` and
+/// `status`.
+pub async fn traces(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<DataFrame> {
+    let slow: Vec<(&String, Typed)> = scan.slow.traces.iter().map(|(id, state)| (id, Typed::of_trace(state))).collect();
+    let memory = context.read_table(Arc::new(MemTable::try_new(trace_schema(), vec![vec![trace_batch(&slow)?]])?))?;
+    let columns = ["id", "name", "agent_id", "started_at", "ended_at", "first_seen", "own_error", "meta"];
+    let mut frame = memory;
+    if let Some(rows) = segment_rows(context, scan, organization_id, KIND_TRACE, scan.slow.traces.keys()).await? {
+        let rows = rows.select(
+            columns
+                .iter()
+                .map(|name| if *name == "own_error" { col("has_error").alias("own_error") } else { col(*name) })
+                .collect::<Vec<_>>(),
+        )?;
+        frame = rows.union(frame)?;
+    }
+    let duration = datafusion::logical_expr::cast(col("ended_at") - col("started_at"), DataType::Float64) / lit(1000.0);
+    let status = datafusion::logical_expr::when(col("ended_at").is_null(), lit("running"))
+        .when(col("own_error").is_true(), lit("error"))
+        .otherwise(lit("ok"))?;
+    let mut all: Vec<Expr> = columns.iter().map(|name| col(*name)).collect();
+    all.push(duration.alias("duration_ms"));
+    all.push(status.alias("status"));
+    frame.select(all)
+}
+
+/// The columns of the fast `usage` table.
+fn usage_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("trace_id", DataType::Utf8, true),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("input_tokens", DataType::Int64, true),
+        Field::new("output_tokens", DataType::Int64, true),
+        Field::new("cached_tokens", DataType::Int64, true),
+        Field::new("reasoning_tokens", DataType::Int64, true),
+        Field::new("cost_nanos", DataType::Int64, true),
+        Field::new("usage_at", DataType::Int64, true),
+    ]))
+}
+
+const USAGE_COLUMNS: [&str; 9] =
+    ["id", "trace_id", "model", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "cost_nanos", "usage_at"];
+
+fn usage_batch(rows: &[(&String, Option<String>, Typed)]) -> Result<RecordBatch> {
+    let int = |get: fn(&Typed) -> Option<i64>| -> ArrayRef { Arc::new(rows.iter().map(|(_, _, t)| get(t)).collect::<Int64Array>()) };
+    Ok(RecordBatch::try_new(
+        usage_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(id, _, _)| id.as_str()))),
+            Arc::new(rows.iter().map(|(_, trace, _)| trace.as_deref()).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|(_, _, t)| t.model.as_deref()).collect::<StringArray>()),
+            int(|t| t.input_tokens),
+            int(|t| t.output_tokens),
+            int(|t| t.cached_tokens),
+            int(|t| t.reasoning_tokens),
+            int(|t| t.cost_nanos),
+            int(|t| t.usage_at),
+        ],
+    )?)
+}
+
+/// Every usage record of the organization, posted or derived from an `llm`
+/// span, with the columns of [`usage_schema`]. A posted record that names a
+/// span replaces that span's record. Costs are not priced yet: see [`priced_cost`].
+pub async fn usage_records(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<DataFrame> {
+    let slow = &scan.slow;
+    let mut memory: Vec<(&String, Option<String>, Typed)> = Vec::new();
+    let mut posted_spans: HashSet<String> = HashSet::new();
+    for (id, state) in &slow.usage {
+        let typed = Typed::of_usage(state);
+        posted_spans.extend(typed.span_id.clone());
+        memory.push((id, state.resolve().trace_id, typed));
+    }
+    let posted = segment_rows(context, scan, organization_id, KIND_USAGE, slow.usage.keys()).await?;
+    if let Some(posted) = &posted {
+        let named = posted.clone().filter(col("span_id").is_not_null())?.select_columns(&["span_id"])?.collect().await?;
+        for batch in &named {
+            let ids = cast(batch.column(0), &DataType::Utf8)?;
+            let ids = ids.as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Internal("span_id".into()))?;
+            posted_spans.extend(ids.iter().flatten().map(str::to_string));
+        }
+    }
+    for (id, state) in &slow.spans {
+        let typed = Typed::of_span(state);
+        if typed.has_usage == Some(true) && !posted_spans.contains(id) {
+            memory.push((id, state.resolve().trace_id, typed));
+        }
+    }
+    let mut frame = context.read_table(Arc::new(MemTable::try_new(usage_schema(), vec![vec![usage_batch(&memory)?]])?))?;
+    if let Some(posted) = posted {
+        frame = posted.select_columns(&USAGE_COLUMNS)?.union(frame)?;
+    }
+    let skipped = slow.spans.keys().chain(posted_spans.iter());
+    if let Some(spans) = segment_rows(context, scan, organization_id, KIND_SPAN, skipped).await? {
+        let spans = spans.filter(col("has_usage").is_true())?.select_columns(&USAGE_COLUMNS)?;
+        frame = spans.union(frame)?;
+    }
+    Ok(frame)
+}
+
+/// `bedrock_cost(model, input, cached, output, client_nanos)`: the record's
+/// cost in dollars as `Decimal128(38, 9)`: the client's when it sent one,
+/// else priced from the organization's book, else null.
+#[derive(Debug)]
+struct Cost {
+    signature: Signature,
+    prices: Arc<PriceBook>,
+    token: usize,
+}
+
+impl PartialEq for Cost {
+    fn eq(&self, other: &Self) -> bool {
+        self.token == other.token
+    }
+}
+impl Eq for Cost {}
+impl Hash for Cost {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.token.hash(state);
+    }
+}
+
+pub const COST_TYPE: DataType = DataType::Decimal128(38, 9);
+
+impl ScalarUDFImpl for Cost {
+    fn name(&self) -> &str {
+        "bedrock_cost"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(COST_TYPE)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let models = cast(&arrays[0], &DataType::Utf8)?;
+        let models = models.as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Internal("model".into()))?;
+        let int = |index: usize| -> Result<Int64Array> {
+            let array = cast(&arrays[index], &DataType::Int64)?;
+            array.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| DataFusionError::Internal("token count".into()))
+        };
+        let (input, cached, output, client) = (int(1)?, int(2)?, int(3)?, int(4)?);
+        let value = |array: &Int64Array, row: usize| if array.is_null(row) { 0 } else { array.value(row) };
+        // Records of one model come in runs, so one lookup serves many rows.
+        let mut last: Option<(String, Option<bedrock_store::events::pricing::Price>)> = None;
+        let mut costs: Vec<Option<i128>> = Vec::with_capacity(rows);
+        for row in 0..rows {
+            if !client.is_null(row) {
+                costs.push(Some(client.value(row) as i128));
+                continue;
+            }
+            if models.is_null(row) {
+                costs.push(None);
+                continue;
+            }
+            let model = models.value(row);
+            if last.as_ref().is_none_or(|(known, _)| known != model) {
+                last = Some((model.to_string(), self.prices.lookup(model)));
+            }
+            let price = last.as_ref().and_then(|(_, price)| price.clone());
+            costs.push(price.map(|price| cost_of(&price, value(&input, row), value(&cached, row), value(&output, row)).0));
+        }
+        let costs = Decimal128Array::from(costs).with_precision_and_scale(38, 9)?;
+        Ok(ColumnarValue::Array(Arc::new(costs)))
+    }
+}
+
+/// The expression of a usage record's cost, priced from `prices` when the client sent none.
+pub fn priced_cost(prices: Arc<PriceBook>) -> Expr {
+    let cost = Cost {
+        signature: Signature::exact(
+            vec![DataType::Utf8, DataType::Int64, DataType::Int64, DataType::Int64, DataType::Int64],
+            Volatility::Immutable,
+        ),
+        prices,
+        token: next_token(),
+    };
+    ScalarUDF::from(cost).call(vec![col("model"), col("input_tokens"), col("cached_tokens"), col("output_tokens"), col("cost_nanos")])
+}

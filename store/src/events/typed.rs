@@ -1,0 +1,210 @@
+//! Typed columns of a segment row: the fields that queries filter, sort and
+//! sum, resolved from the row's own partial state.
+//!
+//! They describe the whole object only when the row is the object's one
+//! row, which is what compaction makes of most objects. The store tracks the
+//! objects whose rows lie in several segments, and in memory (see
+//! [`super::FastScan`]); queries merge those exactly and read the typed
+//! columns of every other row as they are, with no JSON to decode.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::bloom;
+use super::model::{Fields, Layered, SpanState, TraceState, UsageState};
+use super::segment::{KIND_SPAN, KIND_TRACE, KIND_USAGE};
+use super::usage::llm_usage;
+use crate::StoreError;
+
+/// The typed columns of one row; `None` is a null.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Typed {
+    pub name: Option<String>,
+    /// A trace's agent, a posted record's agent, or a span's `metadata.agent_id`.
+    pub agent_id: Option<String>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub first_seen: Option<i64>,
+    /// Whether the object carries a non-empty `error`.
+    pub has_error: Option<bool>,
+    pub span_type: Option<String>,
+    pub flagged: Option<bool>,
+    /// Whether a checkpoint span passed (`metadata.passed` is `true`).
+    pub passed: Option<bool>,
+    /// A trace's top-level metadata as [`metadata_entry`] strings.
+    pub meta: Option<String>,
+    /// Whether the row is a usage record: posted, or an `llm` span with `metadata.llm_cost`.
+    pub has_usage: Option<bool>,
+    pub model: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    /// The client's cost in nano-dollars (a span's cost of exactly 0 is none).
+    pub cost_nanos: Option<i64>,
+    /// The usage record's timestamp.
+    pub usage_at: Option<i64>,
+    /// The span a posted usage record names.
+    pub span_id: Option<String>,
+}
+
+const ENTRY: char = '\u{1}';
+const VALUE: char = '\u{2}';
+const ESCAPE: char = '\u{3}';
+
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            ENTRY => out.push_str("\u{3}1"),
+            VALUE => out.push_str("\u{3}2"),
+            ESCAPE => out.push_str("\u{3}3"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The text of a metadata value that filters compare: a string's own text,
+/// any other value's JSON.
+pub fn metadata_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One top-level metadata pair as it appears in the `meta` column, where
+/// entries follow each other and the column ends with a separator: a
+/// substring match on this text matches exactly that key with that value.
+pub fn metadata_entry(key: &str, value: &str) -> String {
+    let mut out = String::with_capacity(key.len() + value.len() + 3);
+    out.push(ENTRY);
+    escape_into(&mut out, key);
+    out.push(VALUE);
+    escape_into(&mut out, value);
+    out.push(ENTRY);
+    out
+}
+
+fn meta_column(metadata: &Map<String, Value>) -> String {
+    let mut out = String::new();
+    for (key, value) in metadata {
+        out.push(ENTRY);
+        escape_into(&mut out, key);
+        out.push(VALUE);
+        escape_into(&mut out, &metadata_text(value));
+    }
+    out.push(ENTRY);
+    out
+}
+
+fn non_empty(text: &Option<String>) -> bool {
+    text.as_ref().is_some_and(|t| !t.is_empty())
+}
+
+/// The stable 64-bit hash of an object's key that the `key_hash` column holds.
+pub fn key_hash(organization_id: &str, kind: &str, id: &str) -> u64 {
+    bloom::stable_hash(&[organization_id, kind, id])
+}
+
+impl Typed {
+    pub fn of_trace(state: &TraceState) -> Typed {
+        let f = state.resolve();
+        Typed {
+            has_error: Some(non_empty(&f.error)),
+            meta: Some(meta_column(f.metadata.as_ref().unwrap_or(&Map::new()))),
+            name: f.name,
+            agent_id: f.agent_id,
+            started_at: f.started_at,
+            ended_at: f.ended_at,
+            first_seen: Some(state.first_seen),
+            ..Typed::default()
+        }
+    }
+
+    pub fn of_span(state: &SpanState) -> Typed {
+        let f = state.resolve();
+        let empty = Map::new();
+        let metadata = f.metadata.as_ref().unwrap_or(&empty);
+        let mut typed = Typed {
+            has_error: Some(non_empty(&f.error)),
+            flagged: Some(f.flag.as_ref().is_some_and(|flag| flag.flagged)),
+            started_at: f.started_at,
+            ended_at: f.ended_at,
+            first_seen: Some(state.first_seen),
+            agent_id: metadata.get("agent_id").and_then(Value::as_str).map(str::to_string),
+            has_usage: Some(false),
+            ..Typed::default()
+        };
+        match f.span_type.as_deref() {
+            Some("checkpoint") => typed.passed = Some(matches!(metadata.get("passed"), Some(Value::Bool(true)))),
+            Some("llm") => {
+                if let Some(usage) = llm_usage(metadata) {
+                    typed.has_usage = Some(true);
+                    typed.model = usage.model;
+                    typed.input_tokens = Some(usage.input_tokens);
+                    typed.output_tokens = Some(usage.output_tokens);
+                    typed.cached_tokens = Some(usage.cached_tokens);
+                    typed.reasoning_tokens = Some(usage.reasoning_tokens);
+                    typed.cost_nanos = usage.cost.filter(|cost| cost.0 != 0).map(|cost| clamp_nanos(cost.0));
+                    typed.usage_at = Some(f.ended_at.or(f.started_at).unwrap_or(state.first_seen));
+                }
+            }
+            _ => {}
+        }
+        typed.span_type = f.span_type;
+        typed
+    }
+
+    pub fn of_usage(state: &UsageState) -> Typed {
+        let f = state.resolve();
+        Typed {
+            has_usage: Some(true),
+            agent_id: f.agent_id,
+            model: f.model,
+            input_tokens: Some(f.input_tokens.unwrap_or(0)),
+            output_tokens: Some(f.output_tokens.unwrap_or(0)),
+            cached_tokens: Some(f.cached_tokens.unwrap_or(0)),
+            reasoning_tokens: Some(f.reasoning_tokens.unwrap_or(0)),
+            cost_nanos: f.cost_nanos,
+            usage_at: Some(f.timestamp.unwrap_or(state.first_seen)),
+            first_seen: Some(state.first_seen),
+            span_id: f.span_id,
+            ..Typed::default()
+        }
+    }
+
+    /// The typed columns of a row whose state is JSON, as segments store it.
+    pub fn of_json(kind: &str, state: &str) -> Result<Typed, StoreError> {
+        fn decode<F: Fields + DeserializeOwned>(state: &str) -> Result<Layered<F>, StoreError> {
+            serde_json::from_str(state).map_err(|err| StoreError::Internal(format!("corrupt state: {err}")))
+        }
+        match kind {
+            KIND_TRACE => Ok(Typed::of_trace(&decode(state)?)),
+            KIND_SPAN => Ok(Typed::of_span(&decode(state)?)),
+            KIND_USAGE => Ok(Typed::of_usage(&decode(state)?)),
+            other => Err(StoreError::Internal(format!("row of unknown kind {other:?}"))),
+        }
+    }
+}
+
+fn clamp_nanos(nanos: i128) -> i64 {
+    nanos.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_entries_match_only_whole_pairs() {
+        let metadata = json!({"a": "x\u{1}y", "b": 2, "c\u{2}": "z"});
+        let column = meta_column(metadata.as_object().unwrap());
+        assert!(column.contains(&metadata_entry("a", "x\u{1}y")));
+        assert!(column.contains(&metadata_entry("b", "2")));
+        assert!(column.contains(&metadata_entry("c\u{2}", "z")));
+        assert!(!column.contains(&metadata_entry("a", "x")));
+        assert!(!column.contains(&metadata_entry("b", "22")));
+        assert!(!column.contains(&metadata_entry("c", "z")));
+    }
+}
