@@ -258,7 +258,7 @@ impl TraceQueries {
     ) -> Result<Option<(ListPage, Option<TraceCursor>)>, QueryError> {
         let (field, descending) = sort;
         let span_totals = filter.span_type.is_some() || filter.has_error.is_some() || filter.min_cost_nanos.is_some();
-        if span_totals || !matches!(field, SortField::StartedAt | SortField::DurationMs) {
+        if !self.typed() || span_totals || !matches!(field, SortField::StartedAt | SortField::DurationMs) {
             return Ok(None);
         }
         let Some(scan) = self.store().fast_scan(organization_id).await? else {

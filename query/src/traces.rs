@@ -56,6 +56,8 @@ pub struct ListPage {
 pub struct TraceQueries {
     store: Arc<EventStore>,
     prices: Prices,
+    /// Whether lists may read the typed columns of the segments.
+    typed: bool,
 }
 
 fn span_order(a: &SpanView, b: &SpanView) -> std::cmp::Ordering {
@@ -64,7 +66,18 @@ fn span_order(a: &SpanView, b: &SpanView) -> std::cmp::Ordering {
 
 impl TraceQueries {
     pub fn new(store: Arc<EventStore>, prices: Prices) -> Self {
-        TraceQueries { store, prices }
+        TraceQueries { store, prices, typed: true }
+    }
+
+    /// Answers every list by merging all objects, never from the typed
+    /// columns: the reference that tests compare the typed plans with.
+    pub fn general_plans_only(mut self) -> Self {
+        self.typed = false;
+        self
+    }
+
+    pub(crate) fn typed(&self) -> bool {
+        self.typed
     }
 
     pub(crate) fn store(&self) -> &Arc<EventStore> {
@@ -169,6 +182,9 @@ impl TraceQueries {
     /// Traces newest first, from the typed columns of the segments when the
     /// store has them.
     async fn list_traces_fast(&self, organization_id: &str, offset: usize, limit: usize) -> Result<Option<ListPage>, QueryError> {
+        if !self.typed {
+            return Ok(None);
+        }
         let Some(scan) = self.store.fast_scan(organization_id).await? else {
             return Ok(None);
         };

@@ -1,0 +1,271 @@
+//! The typed plans (trace lists and usage summaries read from the typed
+//! columns of the segments) answer exactly as the general plans that merge
+//! every object, on one embedded store whose objects are split between
+//! segments, compacted segments, the recent generation and the buffer, and
+//! again after the store is reopened.
+
+use std::sync::Arc;
+
+use bedrock_query::trace_list::{Paging, SortField, TraceCursor, TraceFilter};
+use bedrock_query::{Prices, TraceQueries, UsageFilter, UsageQueries};
+use bedrock_store::control::ControlPlane;
+use bedrock_store::events::model::{Batch, Flag, Op, SpanFields, TraceFields, UsageFields, Write};
+use bedrock_store::events::EventStore;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Map, Value};
+
+const ORGANIZATION: &str = "org-a";
+const OTHER: &str = "org-b";
+const BASE: i64 = 1_780_000_000_000_000;
+const HOUR: i64 = 3_600_000_000;
+
+fn object(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+/// Writes of one trace, in an order that the random source shuffles a little:
+/// creates, closes and patches, some sent twice, some before what they update.
+fn trace_writes(rng: &mut StdRng, n: usize) -> Vec<Write> {
+    let trace = format!("t{n:04}");
+    let started = BASE + rng.gen_range(0..72) * HOUR + rng.gen_range(0..HOUR);
+    let agent = format!("agent-{}", rng.gen_range(0..4));
+    let scenario = ["lunch", "travel", "100%_off", "naïve \"quote\""][rng.gen_range(0..4)];
+    let mut writes = vec![Write::Trace {
+        id: trace.clone(),
+        op: Op::Create,
+        fields: TraceFields {
+            name: Some(["run_agent", "checkpoint", "eval_run"][rng.gen_range(0..3)].into()),
+            agent_id: Some(agent),
+            started_at: Some(started),
+            metadata: Some(object(json!({"scenario": scenario, "attempt": rng.gen_range(0..3)}))),
+            ..TraceFields::default()
+        },
+    }];
+    for s in 0..rng.gen_range(0..5) {
+        let span = format!("{trace}-s{s}");
+        let kind = ["llm", "tool", "checkpoint", "text"][rng.gen_range(0..4)];
+        let span_start = started + s as i64 * 1_000_000;
+        let mut metadata = Map::new();
+        if kind == "checkpoint" {
+            metadata.insert("passed".into(), json!(rng.gen_bool(0.6)));
+        }
+        writes.push(Write::Span {
+            id: span.clone(),
+            op: Op::Create,
+            fields: SpanFields {
+                trace_id: Some(trace.clone()),
+                parent_id: Some(None),
+                name: Some(format!("step {s}")),
+                span_type: Some(kind.into()),
+                started_at: Some(span_start),
+                metadata: Some(metadata),
+                ..SpanFields::default()
+            },
+        });
+        let mut close = SpanFields { ended_at: Some(span_start + rng.gen_range(0..5_000_000)), ..SpanFields::default() };
+        if kind == "llm" {
+            let model = ["openai/gpt-4o-mini", "gpt-4o-2024-08-06", "claude-3-5-haiku", "in-house-model"][rng.gen_range(0..4)];
+            let cost = match rng.gen_range(0..3) {
+                0 => json!(0.0),
+                1 => json!(rng.gen_range(1..100_000) as f64 / 1e7),
+                _ => Value::Null,
+            };
+            let mut llm = object(json!({"model": model, "input_tokens": rng.gen_range(0..5000),
+                "output_tokens": rng.gen_range(0..500), "cached_tokens": rng.gen_range(0..1000)}));
+            if !cost.is_null() {
+                llm.insert("total_cost_usd".into(), cost);
+            }
+            close.metadata = Some(object(json!({ "llm_cost": llm })));
+        }
+        if rng.gen_bool(0.1) {
+            close.error = Some("tool failed".into());
+        }
+        if rng.gen_bool(0.1) {
+            close.flag = Some(Flag { flagged: true, reason: Some("look".into()), at: Some(span_start) });
+        }
+        writes.push(Write::Span { id: span.clone(), op: Op::Update, fields: close });
+        if rng.gen_bool(0.15) {
+            // A posted record that names the span replaces the span's own.
+            writes.push(Write::Usage {
+                id: format!("{span}-posted"),
+                op: Op::Create,
+                fields: UsageFields {
+                    trace_id: Some(trace.clone()),
+                    span_id: Some(span.clone()),
+                    model: Some("gpt-4o".into()),
+                    input_tokens: Some(100),
+                    output_tokens: Some(10),
+                    timestamp: Some(span_start),
+                    ..UsageFields::default()
+                },
+            });
+        }
+    }
+    if rng.gen_bool(0.8) {
+        let error = if rng.gen_bool(0.2) { "boom" } else { "" };
+        writes.push(Write::Trace {
+            id: trace.clone(),
+            op: Op::Update,
+            fields: TraceFields {
+                ended_at: Some(started + rng.gen_range(0..60_000_000)),
+                error: Some(error.into()),
+                metadata: Some(object(json!({"attempt": null, "outcome": "done"}))),
+                ..TraceFields::default()
+            },
+        });
+    }
+    if rng.gen_bool(0.1) {
+        // A re-sent create, as a retrying client sends it.
+        writes.push(writes[0].clone());
+    }
+    if rng.gen_bool(0.2) {
+        // An update that arrived before its create.
+        let last = writes.pop().unwrap();
+        writes.insert(0, last);
+    }
+    writes
+}
+
+fn filters() -> Vec<TraceFilter> {
+    let mut filters = vec![
+        TraceFilter::default(),
+        TraceFilter { agent: Some("agent-1".into()), ..TraceFilter::default() },
+        TraceFilter { name: Some("checkpoint".into()), ..TraceFilter::default() },
+        TraceFilter { name_contains: Some("_r".into()), ..TraceFilter::default() },
+        TraceFilter { started_after: Some(BASE + 24 * HOUR), started_before: Some(BASE + 48 * HOUR), ..TraceFilter::default() },
+        TraceFilter { min_duration_ms: Some(20_000.0), max_duration_ms: Some(40_000.0), ..TraceFilter::default() },
+        TraceFilter { agent: Some("agent-2".into()), name: Some("run_agent".into()), ..TraceFilter::default() },
+    ];
+    for status in ["running", "ok", "error"] {
+        filters.push(TraceFilter { status: Some(status.into()), ..TraceFilter::default() });
+    }
+    for (key, value) in [("scenario", "travel"), ("scenario", "100%_off"), ("scenario", "naïve \"quote\""), ("outcome", "done"), ("attempt", "1")] {
+        filters.push(TraceFilter { metadata: vec![(key.into(), value.into())], ..TraceFilter::default() });
+    }
+    filters
+}
+
+/// Walks every page of a list with a cursor, returning the pages' rows and counts.
+async fn walk(queries: &TraceQueries, filter: &TraceFilter, sort: (SortField, bool)) -> Vec<(usize, Vec<Value>)> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<TraceCursor> = None;
+    loop {
+        let (page, next) = queries.list_filtered(ORGANIZATION, filter, sort, Paging::After(cursor.as_ref()), 40).await.unwrap();
+        pages.push((page.count, page.results));
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return pages,
+        }
+        assert!(pages.len() < 1000, "the cursor never ends");
+    }
+}
+
+async fn compare(typed: &(TraceQueries, UsageQueries), general: &(TraceQueries, UsageQueries), stage: &str) {
+    for offset in [0, 10] {
+        let fast = typed.0.list_traces(ORGANIZATION, offset, 25).await.unwrap();
+        let slow = general.0.list_traces(ORGANIZATION, offset, 25).await.unwrap();
+        assert_eq!((fast.count, &fast.results), (slow.count, &slow.results), "{stage}: /traces/ at offset {offset}");
+    }
+    let mut listed = 0;
+    for filter in filters() {
+        for sort in [(SortField::StartedAt, true), (SortField::DurationMs, false)] {
+            let fast = walk(&typed.0, &filter, sort).await;
+            let slow = walk(&general.0, &filter, sort).await;
+            assert_eq!(fast, slow, "{stage}: {filter:?} sorted by {sort:?}");
+            listed += fast[0].0;
+        }
+        for sort in [(SortField::StartedAt, false), (SortField::DurationMs, true)] {
+            let page = typed.0.list_filtered(ORGANIZATION, &filter, sort, Paging::Offset(5), 4).await.unwrap();
+            let reference = general.0.list_filtered(ORGANIZATION, &filter, sort, Paging::Offset(5), 4).await.unwrap();
+            assert_eq!((page.0.count, page.0.results), (reference.0.count, reference.0.results), "{stage}: {filter:?} by {sort:?} at offset 5");
+        }
+    }
+    assert!(listed > 60, "{stage}: the filters should select traces");
+
+    let usage_filters = [
+        UsageFilter::default(),
+        UsageFilter { model: Some("claude-3-5-haiku".into()), ..UsageFilter::default() },
+        UsageFilter { trace: Some("t0007".into()), ..UsageFilter::default() },
+        UsageFilter { start: Some(BASE + 12 * HOUR), end: Some(BASE + 50 * HOUR), ..UsageFilter::default() },
+    ];
+    let groupings: [&[&str]; 5] = [&[], &["model", "day"], &["hour"], &["trace"], &["model"]];
+    for filter in &usage_filters {
+        for group_by in groupings {
+            let fast = typed.1.summary(ORGANIZATION, filter, group_by).await.unwrap();
+            let slow = general.1.summary(ORGANIZATION, filter, group_by).await.unwrap();
+            assert_eq!(fast, slow, "{stage}: usage summary {filter:?} by {group_by:?}");
+        }
+    }
+    let totals = typed.1.summary(ORGANIZATION, &UsageFilter::default(), &[]).await.unwrap();
+    assert!(totals["totals"]["record_count"].as_i64().unwrap() > 50, "{stage}: {totals}");
+    assert!(totals["totals"]["unpriced_count"].as_i64().unwrap() > 0, "{stage}: an unpriced model is in the data");
+}
+
+async fn open(dir: &std::path::Path, control: &ControlPlane) -> (Arc<EventStore>, (TraceQueries, UsageQueries), (TraceQueries, UsageQueries)) {
+    let store = Arc::new(EventStore::open(&dir.join("events")).unwrap());
+    let prices = Prices::new(control.clone());
+    let typed = (TraceQueries::new(store.clone(), prices.clone()), UsageQueries::new(store.clone(), prices.clone()));
+    let general = (
+        TraceQueries::new(store.clone(), prices.clone()).general_plans_only(),
+        UsageQueries::new(store.clone(), prices).general_plans_only(),
+    );
+    (store, typed, general)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_plans_answer_as_the_general_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
+    control.migrate().await.unwrap();
+    for id in [ORGANIZATION, OTHER] {
+        control
+            .execute_admin(&format!("INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('{id}', '{id}', 0, 0)"))
+            .await
+            .unwrap();
+    }
+    let (store, typed, general) = open(dir.path(), &control).await;
+
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut pending: Vec<Write> = Vec::new();
+    for n in 0..250 {
+        pending.extend(trace_writes(&mut rng, n));
+    }
+    // The writes go out in batches of random size, and each batch's writes
+    // in a slightly shuffled order, so a trace's writes straddle flushes.
+    let mut lsn = 0;
+    let mut stage = 0;
+    while !pending.is_empty() {
+        let take = rng.gen_range(1..20).min(pending.len());
+        let mut writes: Vec<Write> = pending.drain(..take).collect();
+        if writes.len() > 2 && rng.gen_bool(0.3) {
+            let last = writes.len() - 1;
+            writes.swap(0, last);
+        }
+        lsn += 1;
+        let organization = if rng.gen_bool(0.1) { OTHER } else { ORGANIZATION };
+        store.apply(lsn, &Batch { organization_id: organization.into(), received_at: BASE + lsn as i64, writes });
+        if rng.gen_bool(0.15) {
+            store.flush().await.unwrap();
+        }
+        if rng.gen_bool(0.04) {
+            store.compact(2).await.unwrap();
+        }
+        if lsn % 50 == 0 {
+            stage += 1;
+            compare(&typed, &general, &format!("stage {stage}")).await;
+        }
+    }
+    compare(&typed, &general, "all written").await;
+    assert!(store.stats().segments > 1, "the data should span several segments");
+
+    // Reopened, the store rebuilds which objects span segments from the files.
+    store.flush().await.unwrap();
+    drop((store, typed, general));
+    let (store, typed, general) = open(dir.path(), &control).await;
+    compare(&typed, &general, "reopened").await;
+    let before = store.stats().segments;
+    while store.compact(2).await.unwrap() {}
+    assert!(store.stats().segments < before, "compaction should merge segments");
+    compare(&typed, &general, "compacted").await;
+}
