@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bedrock_store::events::pricing::{cost_of, PriceBook};
 use bedrock_store::events::typed::{key_hash, Typed};
-use bedrock_store::events::segment::{KIND_SPAN, KIND_TRACE, KIND_USAGE};
+use bedrock_store::events::segment::{self, KIND_SPAN, KIND_TRACE, KIND_USAGE};
 use bedrock_store::events::FastScan;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, UInt64Array,
@@ -115,11 +115,14 @@ async fn segment_rows<'a>(
     if scan.paths.is_empty() {
         return Ok(None);
     }
-    let frame = context
-        .read_parquet(scan.paths.clone(), ParquetReadOptions::default())
+    let mut frame = context
+        .read_parquet(scan.paths.clone(), ParquetReadOptions::default().schema(&segment::schema()))
         .await?
-        .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))))?
-        .filter(keep_expr(organization_id, kind, skipped))?;
+        .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))))?;
+    let mut skipped = skipped.peekable();
+    if skipped.peek().is_some() {
+        frame = frame.filter(keep_expr(organization_id, kind, skipped))?;
+    }
     Ok(Some(frame))
 }
 

@@ -167,14 +167,15 @@ impl TraceQueries {
     /// The traces `ids` without their spans, as lists show them, in the order given.
     pub(crate) async fn trace_summaries(&self, organization_id: &str, ids: &[&str]) -> Result<Vec<Value>, QueryError> {
         let prices = self.prices.book(organization_id).await?;
+        let traces = self.store.traces(organization_id, ids).await?;
+        let mut spans = self.store.spans_of_traces(organization_id, ids).await?;
         let mut results = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(state) = self.store.trace(organization_id, id).await? else {
+            let Some(state) = traces.get(*id) else {
                 continue;
             };
-            let spans = self.store.spans_of_trace(organization_id, id).await?;
-            let fields: Vec<SpanFields> = spans.values().map(|s| s.resolve()).collect();
-            results.push(TraceView::new(id, &state, fields.iter(), &prices).to_json());
+            let fields: Vec<SpanFields> = spans.remove(*id).unwrap_or_default().values().map(|s| s.resolve()).collect();
+            results.push(TraceView::new(id, state, fields.iter(), &prices).to_json());
         }
         Ok(results)
     }

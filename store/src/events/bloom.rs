@@ -1,6 +1,7 @@
 //! A small Bloom filter kept in memory per segment, so point reads (one
 //! span, one trace) open only the segments that may hold the object. About
-//! 10 bits per key and 7 probes give a false-positive rate near 1%.
+//! 10 bits per key and 7 probes give a false-positive rate near 1%; the
+//! precise filter, 20 bits and 14 probes, about 0.01%.
 
 #[derive(Debug, Clone)]
 pub struct Bloom {
@@ -45,6 +46,13 @@ impl Bloom {
         Bloom { bits: vec![0; bits.div_ceil(64)], probes: 7 }
     }
 
+    /// A filter with twice the bits per key, for keys whose false positives
+    /// cost more than a skipped read: they decide which objects queries merge.
+    pub fn precise_with_capacity(keys: usize) -> Bloom {
+        let bits = (keys.max(1) * 20).next_power_of_two();
+        Bloom { bits: vec![0; bits.div_ceil(64)], probes: 14 }
+    }
+
     fn positions(&self, parts: &[&str]) -> impl Iterator<Item = usize> + '_ {
         self.probe_positions(Probe::of(parts))
     }
@@ -83,5 +91,13 @@ mod tests {
         assert!((0..10_000).all(|i| bloom.may_contain(&["org", &i.to_string()])));
         let false_positives = (10_000..20_000).filter(|i| bloom.may_contain(&["org", &i.to_string()])).count();
         assert!(false_positives < 300, "{false_positives} false positives in 10000");
+
+        let mut precise = Bloom::precise_with_capacity(10_000);
+        for i in 0..10_000 {
+            precise.insert(&["org", &i.to_string()]);
+        }
+        assert!((0..10_000).all(|i| precise.may_contain(&["org", &i.to_string()])));
+        let false_positives = (10_000..110_000).filter(|i| precise.may_contain(&["org", &i.to_string()])).count();
+        assert!(false_positives < 30, "{false_positives} false positives in 100000");
     }
 }

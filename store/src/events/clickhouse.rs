@@ -53,7 +53,7 @@ pub enum RowFilter<'a> {
     Organization(&'a str),
     Object { organization_id: &'a str, kind: &'static str, id: &'a str },
     Objects { organization_id: &'a str, kind: &'static str, ids: Vec<&'a str> },
-    SpansOfTrace { organization_id: &'a str, trace_id: &'a str },
+    SpansOfTraces { organization_id: &'a str, trace_ids: Vec<&'a str> },
 }
 
 /// The start of the message of every [`StoreError::Unavailable`] this module raises.
@@ -200,12 +200,16 @@ impl ClickHouseTier {
                     .bind(*kind)
                     .bind(ids.as_slice())
             }
-            RowFilter::SpansOfTrace { organization_id, trace_id } => self
-                .client
-                .query(&format!("SELECT ?fields FROM events WHERE organization_id = ? AND kind = ? AND trace_id = ?{ORDER}"))
-                .bind(*organization_id)
-                .bind(KIND_SPAN)
-                .bind(*trace_id),
+            RowFilter::SpansOfTraces { organization_id, trace_ids } => {
+                if trace_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.client
+                    .query(&format!("SELECT ?fields FROM events WHERE organization_id = ? AND kind = ? AND has(?, trace_id){ORDER}"))
+                    .bind(*organization_id)
+                    .bind(KIND_SPAN)
+                    .bind(trace_ids.as_slice())
+            }
         };
         let rows: Vec<EventRow> = query.fetch_all().await.map_err(unavailable)?;
         rows.into_iter()

@@ -136,6 +136,7 @@ fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Resu
                 }
             }
             if complete.len() >= segment::WRITE_CHUNK_ROWS {
+                complete.sort_unstable_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
                 writer.write_sorted(&complete)?;
                 complete.clear();
             }
@@ -145,6 +146,7 @@ fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Resu
     // Every group completes when the inputs are read as counted; this only
     // guards against a file that changed between the two passes.
     complete.extend(pending.into_values().flat_map(HashMap::into_values));
+    complete.sort_unstable_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
     writer.write_sorted(&complete)
 }
 
@@ -347,7 +349,7 @@ impl EventStore {
         }
         let tracker_through = tracker.through;
         tracker.pending.retain(|lsn| *lsn > tracker_through);
-        tracing::info!(segments = segments.len(), applied_through = tracker.through, "event store opened");
+        tracing::info!(segments = segments.len(), split_objects = multi.len(), applied_through = tracker.through, "event store opened");
         let mut config = SessionConfig::new().with_target_partitions(2);
         // Read text columns as plain Utf8, the type the segment writer uses.
         config.options_mut().execution.parquet.schema_force_view_types = false;
@@ -643,17 +645,29 @@ impl EventStore {
         organization_id: &str,
         trace_id: &str,
     ) -> Result<HashMap<String, SpanState>, StoreError> {
+        let mut by_trace = self.spans_of_traces(organization_id, &[trace_id]).await?;
+        Ok(by_trace.remove(trace_id).unwrap_or_default())
+    }
+
+    /// Returns the merged states of the spans of several traces, by trace id
+    /// and span id, in one read of each segment that may hold them.
+    pub async fn spans_of_traces(
+        &self,
+        organization_id: &str,
+        trace_ids: &[&str],
+    ) -> Result<HashMap<String, HashMap<String, SpanState>>, StoreError> {
         let _files = self.files.read().await;
 
-        // Span ids known to belong to the trace, from memory and segments.
+        // Span ids known to belong to the traces, from memory and segments.
         let mut ids: HashSet<String> = HashSet::new();
-        let trace_key = (organization_id.to_string(), trace_id.to_string());
         self.with_memory(|generation| {
-            if let Some(known) = generation.spans_by_trace.get(&trace_key) {
-                ids.extend(known.iter().cloned());
+            for trace_id in trace_ids {
+                if let Some(known) = generation.spans_by_trace.get(&(organization_id.to_string(), trace_id.to_string())) {
+                    ids.extend(known.iter().cloned());
+                }
             }
         });
-        let by_trace_rows = self.rows(RowFilter::SpansOfTrace { organization_id, trace_id }).await?;
+        let by_trace_rows = self.rows(RowFilter::SpansOfTraces { organization_id, trace_ids: trace_ids.to_vec() }).await?;
         ids.extend(by_trace_rows.into_iter().map(|row| row.id));
 
         // Every row of those spans, in segment order, including partial rows
@@ -676,8 +690,32 @@ impl EventStore {
                 }
             }
         });
-        // A span whose merged state names another trace moved there.
-        states.retain(|_, state| state.resolve().trace_id.as_deref() == Some(trace_id));
+        // A span belongs to the trace its merged state names, which may be
+        // none of those asked for: it moved.
+        let mut by_trace: HashMap<String, HashMap<String, SpanState>> = HashMap::new();
+        for (id, state) in states {
+            if let Some(trace_id) = state.resolve().trace_id.filter(|trace| trace_ids.contains(&trace.as_str())) {
+                by_trace.entry(trace_id).or_default().insert(id, state);
+            }
+        }
+        Ok(by_trace)
+    }
+
+    /// Returns the merged states of several traces, by id, in one read of
+    /// each segment that may hold them.
+    pub async fn traces(&self, organization_id: &str, ids: &[&str]) -> Result<HashMap<String, TraceState>, StoreError> {
+        let _files = self.files.read().await;
+        let rows = self.rows(RowFilter::Objects { organization_id, kind: KIND_TRACE, ids: ids.to_vec() }).await?;
+        let mut states = merge_segment_rows::<model::TraceFields>(&rows)?;
+        self.with_memory(|generation| {
+            for id in ids {
+                if let Some(newer) = generation.traces.get(&(organization_id.to_string(), id.to_string())) {
+                    let mut state = states.remove(*id);
+                    merge_into(&mut state, newer);
+                    states.extend(state.map(|state| (id.to_string(), state)));
+                }
+            }
+        });
         Ok(states)
     }
 
@@ -876,33 +914,33 @@ impl EventStore {
         visit(&inner.buffer);
     }
 
-    /// Scans the segments that `select` keeps for rows matching `filter`, in
-    /// segment order. The caller holds `files` for reading.
-    async fn scan_where(
-        &self,
-        select: impl Fn(&SegmentFile) -> bool,
-        filter: Expr,
-    ) -> Result<Vec<SegmentRow>, StoreError> {
-        let paths: Vec<String> = {
+    /// Scans each segment for the rows that `filter` selects there, in
+    /// segment order, skipping segments for which it returns `None`. The
+    /// caller holds `files` for reading.
+    async fn scan_where(&self, filter: impl Fn(&SegmentFile) -> Option<Expr>) -> Result<Vec<SegmentRow>, StoreError> {
+        let scans: Vec<(String, Expr)> = {
             let inner = self.lock();
             // The recent generation's segment is read from memory by `with_memory`.
             let recent = inner.recent.as_ref().map(|(number, _)| *number);
             inner
                 .segments
                 .iter()
-                .filter(|s| !(Some(s.first) == recent && s.last == s.first) && select(s))
-                .map(|s| s.path.to_string_lossy().to_string())
+                .filter(|s| !(Some(s.first) == recent && s.last == s.first))
+                .filter_map(|s| filter(s).map(|expr| (s.path.to_string_lossy().to_string(), expr)))
                 .collect()
         };
         let mut rows = Vec::new();
+        // Every segment has this schema (older ones are rewritten at start-up),
+        // so no scan reads a footer to infer it.
+        let schema = segment::schema();
         // One file at a time keeps segment order, which the merge needs.
-        for path in paths {
+        for (path, filter) in scans {
             let frame = self
                 .context
-                .read_parquet(path.as_str(), ParquetReadOptions::default())
+                .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
                 .await
                 .map_err(datafusion_error)?
-                .filter(filter.clone())
+                .filter(filter)
                 .map_err(datafusion_error)?;
             let batches: Vec<RecordBatch> = frame.collect().await.map_err(datafusion_error)?;
             for batch in &batches {
@@ -923,26 +961,32 @@ impl EventStore {
         }
         match filter {
             RowFilter::Organization(organization_id) => {
-                self.scan_where(|_| true, col("organization_id").eq(lit(organization_id))).await
+                self.scan_where(|_| Some(col("organization_id").eq(lit(organization_id)))).await
             }
             RowFilter::Object { organization_id, kind, id } => {
                 let expr = col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))).and(col("id").eq(lit(id)));
-                self.scan_where(|s| s.may_hold_object(organization_id, kind, id), expr).await
+                self.scan_where(|s| s.may_hold_object(organization_id, kind, id).then(|| expr.clone())).await
             }
+            // Each segment is asked only for the ids its Bloom filter may
+            // hold: short lists let page statistics prune the scan, which
+            // DataFusion does for lists of up to 20 values.
             RowFilter::Objects { organization_id, kind, ids } => {
-                let list: Vec<Expr> = ids.iter().map(|id| lit(*id)).collect();
-                let expr = col("organization_id")
-                    .eq(lit(organization_id))
-                    .and(col("kind").eq(lit(kind)))
-                    .and(col("id").in_list(list, false));
-                self.scan_where(|s| ids.iter().any(|id| s.may_hold_object(organization_id, kind, id)), expr).await
+                self.scan_where(|s| {
+                    let list: Vec<Expr> = ids.iter().filter(|id| s.may_hold_object(organization_id, kind, id)).map(|id| lit(*id)).collect();
+                    (!list.is_empty()).then(|| {
+                        col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))).and(col("id").in_list(list, false))
+                    })
+                })
+                .await
             }
-            RowFilter::SpansOfTrace { organization_id, trace_id } => {
-                let expr = col("organization_id")
-                    .eq(lit(organization_id))
-                    .and(col("kind").eq(lit(KIND_SPAN)))
-                    .and(col("trace_id").eq(lit(trace_id)));
-                self.scan_where(|s| s.may_hold_trace(organization_id, trace_id), expr).await
+            RowFilter::SpansOfTraces { organization_id, trace_ids } => {
+                self.scan_where(|s| {
+                    let list: Vec<Expr> = trace_ids.iter().filter(|id| s.may_hold_trace(organization_id, id)).map(|id| lit(*id)).collect();
+                    (!list.is_empty()).then(|| {
+                        col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(KIND_SPAN))).and(col("trace_id").in_list(list, false))
+                    })
+                })
+                .await
             }
         }
     }
@@ -1101,7 +1145,7 @@ fn generation_objects(generation: &Generation) -> Vec<BufferedObject<'_>> {
 fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
     let mut objects = generation_objects(generation);
     objects.sort_unstable_by(|a, b| {
-        (a.organization_id, a.trace_id, a.kind, a.id).cmp(&(b.organization_id, b.trace_id, b.kind, b.id))
+        (a.organization_id, a.kind, a.trace_id, a.id).cmp(&(b.organization_id, b.kind, b.trace_id, b.id))
     });
 
     let mut writer = segment::SegmentWriter::create(dir, number, number, applied, objects.len())?;

@@ -10,10 +10,11 @@
 //! Columns: `organization_id`, `kind` (`trace`, `span` or `usage`), `id`,
 //! `trace_id` (the span's or usage record's trace, or the trace's own id), `seq` (newest log sequence
 //! number merged in) and `state` (the [`Layered`](super::model::Layered)
-//! partial state as JSON). A flush writes its rows sorted by organization,
-//! trace and id, so page statistics prune the reads of one trace. Compaction
-//! writes the sorted runs of its inputs one after another, so a trace's rows
-//! lie in at most one range of pages per input.
+//! partial state as JSON), then the typed columns of [`Typed`]. A flush
+//! writes its rows sorted by organization, kind, trace and id, so page
+//! statistics prune the reads of one kind or one trace. Compaction writes
+//! the sorted runs of its inputs one after another, so a trace's rows lie in
+//! at most one range of pages per input.
 //!
 //! The footer's key-value metadata records `bedrock.applied_through` and
 //! `bedrock.applied_extra`: the write-ahead log records whose effects the
@@ -104,7 +105,7 @@ impl SegmentFile {
 
 fn blooms<'a>(keys: impl Iterator<Item = (&'a str, &'a str, &'a str, Option<&'a str>)> + Clone) -> (Bloom, Bloom) {
     let count = keys.clone().count();
-    let mut ids = Bloom::with_capacity(count);
+    let mut ids = Bloom::precise_with_capacity(count);
     let mut traces = Bloom::with_capacity(count);
     for (organization, kind, id, trace) in keys {
         ids.insert(&[organization, kind, id]);
@@ -189,10 +190,11 @@ fn typed_columns(rows: &[SegmentRow]) -> Result<Vec<ArrayRef>, StoreError> {
 /// batch's buffers are reused from the allocator rather than grown anew.
 pub const WRITE_CHUNK_ROWS: usize = 4096;
 
-/// Returns the key that orders the rows of a segment: organization, trace,
-/// kind and id, so page statistics prune the reads of one trace.
-pub fn sort_key(row: &SegmentRow) -> (&str, Option<&str>, &str, &str) {
-    (row.organization_id.as_str(), row.trace_id.as_deref(), row.kind, row.id.as_str())
+/// Returns the key that orders the rows of a segment: organization, kind,
+/// trace and id. Page statistics then prune the reads of one kind (the trace
+/// list reads only trace rows) and, within it, of one trace.
+pub fn sort_key(row: &SegmentRow) -> (&str, &str, Option<&str>, &str) {
+    (row.organization_id.as_str(), row.kind, row.trace_id.as_deref(), row.id.as_str())
 }
 
 pub fn file_name(first: u64, last: u64) -> String {
@@ -216,6 +218,9 @@ pub struct SegmentWriter {
     rows: u64,
     ids: Bloom,
     traces: Bloom,
+    /// The kind of the last row written: a row group holds one kind, so
+    /// scans of one kind skip the others' row groups by their statistics.
+    kind: Option<&'static str>,
 }
 
 impl SegmentWriter {
@@ -253,8 +258,9 @@ impl SegmentWriter {
             temporary,
             writer,
             rows: 0,
-            ids: Bloom::with_capacity(expected_rows),
+            ids: Bloom::precise_with_capacity(expected_rows),
             traces: Bloom::with_capacity(expected_rows),
+            kind: None,
         })
     }
 
@@ -297,9 +303,23 @@ impl SegmentWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.writer.write(batch).map_err(StoreError::internal)?;
-        let organization = string_column(batch, "organization_id")?;
         let kind = string_column(batch, "kind")?;
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let run_kind = kind_of(kind.value(start))?;
+            let mut end = start + 1;
+            while end < batch.num_rows() && kind.value(end) == run_kind {
+                end += 1;
+            }
+            if self.kind.is_some_and(|last| last != run_kind) {
+                // Ends the row group, even below its size limit.
+                self.writer.flush().map_err(StoreError::internal)?;
+            }
+            self.kind = Some(run_kind);
+            self.writer.write(&batch.slice(start, end - start)).map_err(StoreError::internal)?;
+            start = end;
+        }
+        let organization = string_column(batch, "organization_id")?;
         let id = string_column(batch, "id")?;
         let trace = string_column(batch, "trace_id")?;
         for i in 0..batch.num_rows() {
@@ -405,6 +425,8 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
     found.sort_by_key(|(first, last, _)| (*first, std::cmp::Reverse(*last)));
     let mut live: Vec<SegmentFile> = Vec::new();
     let mut multi = std::collections::HashSet::new();
+    // The sorted key hashes of each live segment, held while loading only.
+    let mut key_hashes_of: Vec<Vec<u64>> = Vec::new();
     for (first, last, path) in found {
         if let Some(previous) = live.last() {
             if last <= previous.last {
@@ -419,12 +441,21 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
             rewrite_with_typed_columns(dir, first, last, &applied, rows, &path)?;
         }
         let keys = read_keys(&path)?;
+        let mut hashes: Vec<u64> = Vec::with_capacity(keys.len());
         for (organization, kind, id, _) in &keys {
-            let probe = Probe::of(&[organization, kind, id]);
-            if live.iter().any(|older| older.ids.may_contain_probe(probe)) {
+            let parts = [organization.as_str(), kind, id.as_str()];
+            let probe = Probe::of(&parts);
+            let hash = key_hash(organization, kind, id);
+            hashes.push(hash);
+            // The Bloom filters narrow the candidates; the sorted hashes of
+            // the earlier segments then drop their false positives.
+            let held = |older: usize| live[older].ids.may_contain_probe(probe) && key_hashes_of[older].binary_search(&hash).is_ok();
+            if (0..live.len()).any(held) {
                 multi.insert((organization.clone(), *kind, id.clone()));
             }
         }
+        hashes.sort_unstable();
+        key_hashes_of.push(hashes);
         let (ids, traces) = blooms(keys.iter().map(|(o, k, i, t)| (o.as_str(), *k, i.as_str(), t.as_deref())));
         let bytes = if typed { bytes } else { std::fs::metadata(&path).map_err(StoreError::internal)?.len() };
         live.push(SegmentFile { first, last, path, applied, rows, bytes, ids: Arc::new(ids), traces: Arc::new(traces) });
