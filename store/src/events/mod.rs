@@ -668,14 +668,30 @@ impl EventStore {
             }
         });
         let by_trace_rows = self.rows(RowFilter::SpansOfTraces { organization_id, trace_ids: trace_ids.to_vec() }).await?;
-        ids.extend(by_trace_rows.into_iter().map(|row| row.id));
+        let memory_ids = ids.clone();
+        ids.extend(by_trace_rows.iter().map(|row| row.id.clone()));
 
         // Every row of those spans, in segment order, including partial rows
         // that do not name the trace (a close stored before its open arrived).
-        let mut rows = Vec::new();
-        if !ids.is_empty() {
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            rows = self.rows(RowFilter::Objects { organization_id, kind: KIND_SPAN, ids }).await?;
+        // A span with one segment row, found above, has no other: only spans
+        // with rows in several segments, or in memory, are read again by id.
+        let reread: HashSet<String> = if self.clickhouse.is_some() {
+            ids.clone()
+        } else {
+            let inner = self.lock();
+            let in_segments = |id: &String| inner.segments.iter().any(|s| s.may_hold_object(organization_id, KIND_SPAN, id));
+            ids.iter()
+                .filter(|id| {
+                    inner.multi.contains(&(organization_id.to_string(), KIND_SPAN, id.to_string()))
+                        || (memory_ids.contains(*id) && in_segments(id))
+                })
+                .cloned()
+                .collect()
+        };
+        let mut rows: Vec<SegmentRow> = by_trace_rows.into_iter().filter(|row| !reread.contains(&row.id)).collect();
+        if !reread.is_empty() {
+            let reread: Vec<&str> = reread.iter().map(String::as_str).collect();
+            rows.extend(self.rows(RowFilter::Objects { organization_id, kind: KIND_SPAN, ids: reread }).await?);
         }
 
         let mut states = merge_segment_rows::<model::SpanFields>(&rows)?;
