@@ -96,6 +96,10 @@ struct Settings {
     #[arg(long, default_value_t = 300)]
     query_timeout_seconds: u64,
 
+    /// Names of the analytic queries to time, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<String>,
+
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -118,9 +122,16 @@ fn analytic_queries() -> Vec<(&'static str, String)> {
 
 /// Runs each analytic query `rounds` times in sequence and returns, per
 /// query, its latency percentiles in milliseconds and its failed responses.
-async fn time_queries(http: &reqwest::Client, base: &str, key: &str, rounds: u64) -> anyhow::Result<Value> {
+async fn time_queries(http: &reqwest::Client, base: &str, key: &str, rounds: u64, only: &[String]) -> anyhow::Result<Value> {
     let mut report = serde_json::Map::new();
+    let known: Vec<&str> = analytic_queries().iter().map(|(name, _)| *name).collect();
+    if let Some(unknown) = only.iter().find(|name| !known.contains(&name.as_str())) {
+        anyhow::bail!("unknown query {unknown:?}; the queries are {}", known.join(", "));
+    }
     for (name, path) in analytic_queries() {
+        if !only.is_empty() && !only.iter().any(|wanted| wanted == name) {
+            continue;
+        }
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
         let mut errors = 0u64;
         for _ in 0..rounds {
@@ -683,7 +694,7 @@ async fn main() -> anyhow::Result<()> {
     let millis = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let queries = if settings.query_rounds > 0 {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(settings.query_timeout_seconds)).build()?;
-        Some(time_queries(&http, &base, &key, settings.query_rounds).await?)
+        Some(time_queries(&http, &base, &key, settings.query_rounds, &settings.queries).await?)
     } else {
         None
     };
