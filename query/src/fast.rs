@@ -330,7 +330,7 @@ impl ScalarUDFImpl for Cost {
     }
 }
 
-/// The expression of a usage record's cost, priced from `prices` when the client sent none.
+/// Returns the expression of a usage record's cost, priced from `prices` when the client sent none.
 pub fn priced_cost(prices: Arc<PriceBook>) -> Expr {
     let cost = Cost {
         signature: Signature::exact(

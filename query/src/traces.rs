@@ -1,8 +1,9 @@
 //! Trace and span reads: one trace with its spans, one span, and the default
 //! lists of `/traces/` and `/spans/`.
 //!
-//! NOTE: the lists merge every object of the organization on each call, which
-//! is linear in the organization's data.
+//! NOTE: the span list, and the trace list on ClickHouse, merge every object
+//! of the organization on each call, which is linear in its data. The trace
+//! list on the embedded store reads the typed segment columns instead.
 
 use std::sync::Arc;
 
@@ -69,7 +70,7 @@ impl TraceQueries {
         TraceQueries { store, prices, typed: true }
     }
 
-    /// Answers every list by merging all objects, never from the typed
+    /// Makes every list merge all objects and never read the typed
     /// columns: the reference that tests compare the typed plans with.
     pub fn general_plans_only(mut self) -> Self {
         self.typed = false;
@@ -164,7 +165,7 @@ impl TraceQueries {
         Ok(ListPage { count, results })
     }
 
-    /// The traces `ids` without their spans, as lists show them, in the order given.
+    /// Returns the traces `ids` without their spans, as lists show them, in the order given.
     pub(crate) async fn trace_summaries(&self, organization_id: &str, ids: &[&str]) -> Result<Vec<Value>, QueryError> {
         let prices = self.prices.book(organization_id).await?;
         let traces = self.store.traces(organization_id, ids).await?;

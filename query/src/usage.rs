@@ -8,8 +8,10 @@
 //! so a new override applies to past records too. Money is a `Decimal128(38, 9)` column of dollars, so sums are
 //! exact and do not depend on grouping.
 //!
-//! NOTE: every query merges all objects of the organization first, which is
-//! linear in the organization's data.
+//! NOTE: the list, the record by id, summaries by agent and every query on
+//! ClickHouse merge all objects of the organization first, which is linear
+//! in the organization's data. Other summaries on the embedded store read the
+//! typed segment columns (see [`crate::fast`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -219,7 +221,7 @@ impl UsageQueries {
         UsageQueries { store, prices, typed: true }
     }
 
-    /// Answers every summary by merging all objects, never from the typed
+    /// Makes every summary merge all objects and never read the typed
     /// columns: the reference that tests compare the typed plans with.
     pub fn general_plans_only(mut self) -> Self {
         self.typed = false;

@@ -23,8 +23,8 @@ fn fnv1a(parts: &[&str], seed: u64) -> u64 {
     hash
 }
 
-/// A hash of a key's parts that stays the same across builds and versions,
-/// so it may be stored.
+/// Returns a hash of a key's parts that stays the same across builds and
+/// versions, so it may be stored.
 pub fn stable_hash(parts: &[&str]) -> u64 {
     fnv1a(parts, 0)
 }
@@ -46,8 +46,9 @@ impl Bloom {
         Bloom { bits: vec![0; bits.div_ceil(64)], probes: 7 }
     }
 
-    /// A filter with twice the bits per key, for keys whose false positives
-    /// cost more than a skipped read: they decide which objects queries merge.
+    /// Creates a filter with twice the bits per key, for keys whose false
+    /// positives cost more than a skipped read: they decide which objects
+    /// queries merge.
     pub fn precise_with_capacity(keys: usize) -> Bloom {
         let bits = (keys.max(1) * 20).next_power_of_two();
         Bloom { bits: vec![0; bits.div_ceil(64)], probes: 14 }
