@@ -342,3 +342,73 @@ pub fn priced_cost(prices: Arc<PriceBook>) -> Expr {
     };
     ScalarUDF::from(cost).call(vec![col("model"), col("input_tokens"), col("cached_tokens"), col("output_tokens"), col("cost_nanos")])
 }
+
+/// The typed columns of the spans of `trace_ids` in the segment files, by
+/// trace id, minus the spans the scan merged itself. Each file is asked only
+/// for the traces its filter may hold, so short lists let page statistics
+/// prune the reads.
+pub async fn span_rows_of_traces(
+    context: &SessionContext,
+    scan: &FastScan,
+    organization_id: &str,
+    trace_ids: &[&str],
+) -> Result<Vec<(String, Typed)>> {
+    let schema = segment::schema();
+    let columns = [
+        "trace_id", "span_type", "has_error", "flagged", "passed", "has_usage", "model", "input_tokens", "output_tokens",
+        "cached_tokens", "reasoning_tokens", "cost_nanos",
+    ];
+    let mut rows = Vec::new();
+    for (index, path) in scan.paths.iter().enumerate() {
+        let list: Vec<Expr> = trace_ids.iter().filter(|id| scan.may_hold_trace(index, organization_id, id)).map(|id| lit(*id)).collect();
+        if list.is_empty() {
+            continue;
+        }
+        let mut frame = context
+            .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
+            .await?
+            .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(KIND_SPAN))).and(col("trace_id").in_list(list, false)))?;
+        if !scan.slow.spans.is_empty() {
+            frame = frame.filter(keep_expr(organization_id, KIND_SPAN, scan.slow.spans.keys()))?;
+        }
+        for batch in frame.select_columns(&columns)?.collect().await? {
+            let text = |name: &str| -> Result<StringArray> {
+                let array = cast(batch.column_by_name(name).ok_or_else(|| DataFusionError::Internal(name.into()))?, &DataType::Utf8)?;
+                array.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Internal(name.into()))
+            };
+            let int = |name: &str| -> Result<Int64Array> {
+                let array = cast(batch.column_by_name(name).ok_or_else(|| DataFusionError::Internal(name.into()))?, &DataType::Int64)?;
+                array.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| DataFusionError::Internal(name.into()))
+            };
+            let flag = |name: &str| -> Result<BooleanArray> {
+                let array = batch.column_by_name(name).ok_or_else(|| DataFusionError::Internal(name.into()))?;
+                array.as_any().downcast_ref::<BooleanArray>().cloned().ok_or_else(|| DataFusionError::Internal(name.into()))
+            };
+            let (trace, kind, model) = (text("trace_id")?, text("span_type")?, text("model")?);
+            let (has_error, flagged, passed, has_usage) = (flag("has_error")?, flag("flagged")?, flag("passed")?, flag("has_usage")?);
+            let (input, output, cached, reasoning, cost) =
+                (int("input_tokens")?, int("output_tokens")?, int("cached_tokens")?, int("reasoning_tokens")?, int("cost_nanos")?);
+            let string = |array: &StringArray, row: usize| (!array.is_null(row)).then(|| array.value(row).to_string());
+            let boolean = |array: &BooleanArray, row: usize| (!array.is_null(row)).then(|| array.value(row));
+            let number = |array: &Int64Array, row: usize| (!array.is_null(row)).then(|| array.value(row));
+            for row in 0..batch.num_rows() {
+                let typed = Typed {
+                    span_type: string(&kind, row),
+                    has_error: boolean(&has_error, row),
+                    flagged: boolean(&flagged, row),
+                    passed: boolean(&passed, row),
+                    has_usage: boolean(&has_usage, row),
+                    model: string(&model, row),
+                    input_tokens: number(&input, row),
+                    output_tokens: number(&output, row),
+                    cached_tokens: number(&cached, row),
+                    reasoning_tokens: number(&reasoning, row),
+                    cost_nanos: number(&cost, row),
+                    ..Typed::default()
+                };
+                rows.push((trace.value(row).to_string(), typed));
+            }
+        }
+    }
+    Ok(rows)
+}

@@ -287,7 +287,6 @@ impl TraceQueries {
             .select_columns(&[field.column(), "id"])?
             .collect()
             .await?;
-        drop(scan);
 
         let mut rows: Vec<(Value, String)> = Vec::new();
         for batch in &batches {
@@ -304,7 +303,7 @@ impl TraceQueries {
             None
         };
         let ids: Vec<&str> = rows.iter().map(|(_, id)| id.as_str()).collect();
-        let results = self.trace_summaries(organization_id, &ids).await?;
+        let results = self.typed_trace_summaries(&context, scan, organization_id, &ids).await?;
         Ok(Some((ListPage { count, results }, next)))
     }
 }

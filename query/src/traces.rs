@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::prices::Prices;
 use crate::table::TracesTable;
-use crate::views::{SpanView, TraceView};
+use crate::views::{SpanTotals, SpanView, TraceView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -165,20 +165,37 @@ impl TraceQueries {
         Ok(ListPage { count, results })
     }
 
-    /// Returns the traces `ids` without their spans, as lists show them, in the order given.
-    pub(crate) async fn trace_summaries(&self, organization_id: &str, ids: &[&str]) -> Result<Vec<Value>, QueryError> {
+    /// Returns the traces `ids` as lists show them, in the order given, with
+    /// span totals summed from the typed columns of `scan`, which is
+    /// dropped before the traces themselves are read.
+    pub(crate) async fn typed_trace_summaries(
+        &self,
+        context: &SessionContext,
+        scan: bedrock_store::events::FastScan,
+        organization_id: &str,
+        ids: &[&str],
+    ) -> Result<Vec<Value>, QueryError> {
         let prices = self.prices.book(organization_id).await?;
-        let traces = self.store.traces(organization_id, ids).await?;
-        let mut spans = self.store.spans_of_traces(organization_id, ids).await?;
-        let mut results = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(state) = traces.get(*id) else {
-                continue;
-            };
-            let fields: Vec<SpanFields> = spans.remove(*id).unwrap_or_default().values().map(|s| s.resolve()).collect();
-            results.push(TraceView::new(id, state, fields.iter(), &prices).to_json());
+        let mut totals: std::collections::HashMap<String, SpanTotals> = std::collections::HashMap::new();
+        for (trace_id, typed) in crate::fast::span_rows_of_traces(context, &scan, organization_id, ids).await? {
+            totals.entry(trace_id).or_default().add_typed(&typed, &prices);
         }
-        Ok(results)
+        for state in scan.slow.spans.values() {
+            let fields = state.resolve();
+            if let Some(trace_id) = fields.trace_id.as_deref().filter(|trace| ids.contains(trace)) {
+                totals.entry(trace_id.to_string()).or_default().add(&fields, &prices);
+            }
+        }
+        // The store's own reads take the segment files' lock again.
+        drop(scan);
+        let traces = self.store.traces(organization_id, ids).await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let state = traces.get(*id)?;
+                Some(TraceView::with_totals(id, state, totals.remove(*id).unwrap_or_default()).to_json())
+            })
+            .collect())
     }
 
     /// Traces newest first, from the typed columns of the segments when the
@@ -203,7 +220,6 @@ impl TraceQueries {
             .select_columns(&["id"])?
             .collect()
             .await?;
-        drop(scan);
         let mut ids = Vec::new();
         for batch in &batches {
             let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
@@ -211,7 +227,7 @@ impl TraceQueries {
             ids.extend(column.iter().flatten().map(str::to_string));
         }
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Ok(Some(ListPage { count, results: self.trace_summaries(organization_id, &ids).await? }))
+        Ok(Some(ListPage { count, results: self.typed_trace_summaries(&context, scan, organization_id, &ids).await? }))
     }
 
     /// Traces newest first, read through the DataFusion `traces` table.

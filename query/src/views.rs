@@ -3,7 +3,8 @@
 
 use bedrock_evals::{checkpoint_passed, pass_rate};
 use bedrock_store::events::model::{SpanFields, SpanState, TraceFields, TraceState};
-use bedrock_store::events::pricing::PriceBook;
+use bedrock_store::events::pricing::{cost_of, PriceBook};
+use bedrock_store::events::typed::Typed;
 use bedrock_store::events::usage::{Money, UsageRecord};
 use bedrock_store::time::format_micros;
 use serde_json::{json, Map, Value};
@@ -125,6 +126,52 @@ impl SpanTotals {
     }
 }
 
+impl SpanTotals {
+    /// Adds one span from its typed segment columns, as [`SpanTotals::add`]
+    /// adds its fields.
+    pub fn add_typed(&mut self, span: &Typed, prices: &PriceBook) {
+        self.span_count += 1;
+        if span.flagged == Some(true) {
+            self.flagged_span_count += 1;
+        }
+        if span.has_error == Some(true) {
+            self.error_count += 1;
+        }
+        if let Some(kind) = span.span_type.as_deref() {
+            if !self.span_types.iter().any(|known| known == kind) {
+                self.span_types.push(kind.to_string());
+            }
+        }
+        match span.span_type.as_deref() {
+            Some("llm") if span.has_usage == Some(true) => {
+                let (input, output) = (span.input_tokens.unwrap_or(0), span.output_tokens.unwrap_or(0));
+                let (cached, reasoning) = (span.cached_tokens.unwrap_or(0), span.reasoning_tokens.unwrap_or(0));
+                self.input_tokens = self.input_tokens.saturating_add(input);
+                self.output_tokens = self.output_tokens.saturating_add(output);
+                self.cached_tokens = self.cached_tokens.saturating_add(cached);
+                self.reasoning_tokens = self.reasoning_tokens.saturating_add(reasoning);
+                let cost = match span.cost_nanos {
+                    Some(nanos) => Money(nanos as i128),
+                    None => span
+                        .model
+                        .as_deref()
+                        .and_then(|model| prices.lookup(model))
+                        .map(|price| cost_of(&price, input, cached, output))
+                        .unwrap_or_default(),
+                };
+                self.cost = self.cost + cost;
+            }
+            Some("checkpoint") => {
+                self.checkpoints += 1;
+                if span.passed == Some(true) {
+                    self.checkpoints_passed += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A trace resolved for the API.
 pub struct TraceView {
     pub id: String,
@@ -144,6 +191,11 @@ impl TraceView {
         for span in spans {
             totals.add(span, prices);
         }
+        TraceView::with_totals(id, state, totals)
+    }
+
+    /// A trace whose span totals are already summed.
+    pub fn with_totals(id: &str, state: &TraceState, totals: SpanTotals) -> TraceView {
         TraceView { id: id.to_string(), fields: state.resolve(), first_seen: state.first_seen, totals }
     }
 

@@ -12,7 +12,7 @@
 //! Segments are scanned with DataFusion, filtered by organization, trace or id
 //! so row-group statistics and bloom filters skip what a read does not need.
 
-mod bloom;
+pub mod bloom;
 pub mod bulk;
 pub mod clickhouse;
 pub mod merge_patch;
@@ -186,10 +186,19 @@ pub struct FastScan {
     /// Segment files whose rows describe whole objects through their typed
     /// columns, except the rows of the objects in `slow`.
     pub paths: Vec<String>,
+    /// The filters of keys `[organization, trace id]` of each file of `paths`.
+    pub trace_blooms: Vec<Arc<bloom::Bloom>>,
     /// The exact merged state of every object in memory or with rows in
     /// several segments.
     pub slow: Objects,
     _files: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl FastScan {
+    /// Reports whether file `index` of `paths` may hold rows of the trace.
+    pub fn may_hold_trace(&self, index: usize, organization_id: &str, trace_id: &str) -> bool {
+        self.trace_blooms[index].may_contain(&[organization_id, trace_id])
+    }
 }
 
 /// Objects written since the last flush.
@@ -775,15 +784,16 @@ impl EventStore {
             return Ok(None);
         }
         let files = self.files.clone().read_owned().await;
-        let (paths, blooms, mut multi) = {
+        let (paths, blooms, trace_blooms, mut multi) = {
             let inner = self.lock();
             let recent = inner.recent.as_ref().map(|(number, _)| *number);
             let live: Vec<&SegmentFile> = inner.segments.iter().filter(|s| !(Some(s.first) == recent && s.last == s.first)).collect();
             let paths: Vec<String> = live.iter().map(|s| s.path.to_string_lossy().to_string()).collect();
             let blooms: Vec<Arc<bloom::Bloom>> = live.iter().map(|s| s.ids.clone()).collect();
+            let trace_blooms: Vec<Arc<bloom::Bloom>> = live.iter().map(|s| s.traces.clone()).collect();
             let multi: Vec<(&'static str, String)> =
                 inner.multi.iter().filter(|(org, _, _)| org == organization_id).map(|(_, kind, id)| (*kind, id.clone())).collect();
-            (paths, blooms, multi)
+            (paths, blooms, trace_blooms, multi)
         };
 
         // Memory first: what it holds is newer than any segment row.
@@ -822,7 +832,7 @@ impl EventStore {
         merge_newer_states(&mut slow.traces, memory.traces);
         merge_newer_states(&mut slow.spans, memory.spans);
         merge_newer_states(&mut slow.usage, memory.usage);
-        Ok(Some(FastScan { paths, slow, _files: files }))
+        Ok(Some(FastScan { paths, trace_blooms, slow, _files: files }))
     }
 
     /// Returns the merged state of one usage record posted by a client.
