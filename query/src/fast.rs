@@ -358,20 +358,28 @@ pub async fn span_rows_of_traces(
         "trace_id", "span_type", "has_error", "flagged", "passed", "has_usage", "model", "input_tokens", "output_tokens",
         "cached_tokens", "reasoning_tokens", "cost_nanos",
     ];
-    let mut rows = Vec::new();
+    let mut reads = Vec::new();
     for (index, path) in scan.paths.iter().enumerate() {
         let list: Vec<Expr> = trace_ids.iter().filter(|id| scan.may_hold_trace(index, organization_id, id)).map(|id| lit(*id)).collect();
         if list.is_empty() {
             continue;
         }
-        let mut frame = context
-            .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
-            .await?
-            .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(KIND_SPAN))).and(col("trace_id").in_list(list, false)))?;
-        if !scan.slow.spans.is_empty() {
-            frame = frame.filter(keep_expr(organization_id, KIND_SPAN, scan.slow.spans.keys()))?;
-        }
-        for batch in frame.select_columns(&columns)?.collect().await? {
+        let schema = schema.clone();
+        reads.push(async move {
+            let mut frame = context
+                .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
+                .await?
+                .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(KIND_SPAN))).and(col("trace_id").in_list(list, false)))?;
+            if !scan.slow.spans.is_empty() {
+                frame = frame.filter(keep_expr(organization_id, KIND_SPAN, scan.slow.spans.keys()))?;
+            }
+            frame.select_columns(&columns)?.collect().await
+        });
+    }
+    // The files are read concurrently.
+    let mut rows = Vec::new();
+    for batches in futures::future::try_join_all(reads).await? {
+        for batch in batches {
             let text = |name: &str| -> Result<StringArray> {
                 let array = cast(batch.column_by_name(name).ok_or_else(|| DataFusionError::Internal(name.into()))?, &DataType::Utf8)?;
                 array.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Internal(name.into()))

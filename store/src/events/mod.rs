@@ -959,19 +959,28 @@ impl EventStore {
         // Every segment has this schema (older ones are rewritten at start-up),
         // so no scan reads a footer to infer it.
         let schema = segment::schema();
-        // One file at a time keeps segment order, which the merge needs.
-        for (path, filter) in scans {
-            let frame = self
-                .context
-                .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
-                .await
-                .map_err(datafusion_error)?
-                .filter(filter)
-                .map_err(datafusion_error)?;
-            let batches: Vec<RecordBatch> = frame.collect().await.map_err(datafusion_error)?;
-            for batch in &batches {
-                rows.extend(segment::rows_of_batch(batch)?);
+        // The files are read concurrently, and their rows kept in segment
+        // order, which the merge needs.
+        let reads = scans.into_iter().map(|(path, filter)| {
+            let schema = schema.clone();
+            async move {
+                let frame = self
+                    .context
+                    .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
+                    .await
+                    .map_err(datafusion_error)?
+                    .filter(filter)
+                    .map_err(datafusion_error)?;
+                let batches: Vec<RecordBatch> = frame.collect().await.map_err(datafusion_error)?;
+                let mut rows = Vec::new();
+                for batch in &batches {
+                    rows.extend(segment::rows_of_batch(batch)?);
+                }
+                Ok::<_, StoreError>(rows)
             }
+        });
+        for file_rows in futures::future::try_join_all(reads).await? {
+            rows.extend(file_rows);
         }
         Ok(rows)
     }
