@@ -26,12 +26,24 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::{col, lit, DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext};
 
-/// A session that reads segments as the event store writes them.
+/// A session that reads segments as the event store writes them, with
+/// filters evaluated inside the Parquet decoder.
 pub fn session() -> SessionContext {
+    session_with_pushdown(true)
+}
+
+/// A session for scans that keep a large, scattered share of the rows,
+/// such as the usage records among spans: filtering decoded batches is then
+/// faster than the decoder's row selections.
+pub fn scan_session() -> SessionContext {
+    session_with_pushdown(false)
+}
+
+fn session_with_pushdown(pushdown: bool) -> SessionContext {
     let mut config = SessionConfig::new().with_target_partitions(2);
     config.options_mut().execution.parquet.schema_force_view_types = false;
-    config.options_mut().execution.parquet.pushdown_filters = true;
-    config.options_mut().execution.parquet.reorder_filters = true;
+    config.options_mut().execution.parquet.pushdown_filters = pushdown;
+    config.options_mut().execution.parquet.reorder_filters = pushdown;
     SessionContext::new_with_config(config)
 }
 
@@ -306,8 +318,8 @@ impl ScalarUDFImpl for Cost {
         };
         let (input, cached, output, client) = (int(1)?, int(2)?, int(3)?, int(4)?);
         let value = |array: &Int64Array, row: usize| if array.is_null(row) { 0 } else { array.value(row) };
-        // Records of one model come in runs, so one lookup serves many rows.
-        let mut last: Option<(String, Option<bedrock_store::events::pricing::Price>)> = None;
+        // A batch names few models: each is looked up once.
+        let mut known: std::collections::HashMap<&str, Option<bedrock_store::events::pricing::Price>> = std::collections::HashMap::new();
         let mut costs: Vec<Option<i128>> = Vec::with_capacity(rows);
         for row in 0..rows {
             if !client.is_null(row) {
@@ -319,10 +331,7 @@ impl ScalarUDFImpl for Cost {
                 continue;
             }
             let model = models.value(row);
-            if last.as_ref().is_none_or(|(known, _)| known != model) {
-                last = Some((model.to_string(), self.prices.lookup(model)));
-            }
-            let price = last.as_ref().and_then(|(_, price)| price.clone());
+            let price = known.entry(model).or_insert_with(|| self.prices.lookup(model)).clone();
             costs.push(price.map(|price| cost_of(&price, value(&input, row), value(&cached, row), value(&output, row)).0));
         }
         let costs = Decimal128Array::from(costs).with_precision_and_scale(38, 9)?;

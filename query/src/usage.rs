@@ -348,7 +348,7 @@ impl UsageQueries {
             return Ok(None);
         };
         let prices = self.prices.book(organization_id).await?;
-        let context = fast::session();
+        let context = fast::scan_session();
         let bucket = |size: i64| col("usage_at") - ((col("usage_at") % lit(size)) + lit(size)) % lit(size);
         let records = fast::usage_records(&context, &scan, organization_id).await?.select(vec![
             col("id"),
