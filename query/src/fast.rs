@@ -3,10 +3,10 @@
 //!
 //! An [`EventStore::fast_scan`] names the segment files and the objects that
 //! need merging (those in memory or with rows in several segments). Every
-//! other row describes a whole object, so its typed columns are read as they
-//! are, filtered and aggregated by DataFusion inside the Parquet scan; the
-//! merged objects join as a small in-memory table, and their rows in the
-//! files are skipped by [`Keep`].
+//! other row describes a whole object, so DataFusion reads its typed columns
+//! as they are and filters and aggregates them inside the Parquet scan. The
+//! merged objects join as a small in-memory table, and [`Keep`] skips their
+//! rows in the files.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -26,13 +26,13 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::{col, lit, DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext};
 
-/// A session that reads segments as the event store writes them, with
-/// filters evaluated inside the Parquet decoder.
+/// Creates a session that reads segments as the event store writes them,
+/// with filters evaluated inside the Parquet decoder.
 pub fn session() -> SessionContext {
     session_with_pushdown(true)
 }
 
-/// A session for scans that keep a large, scattered share of the rows,
+/// Creates a session for scans that keep a large, scattered share of the rows,
 /// such as the usage records among spans: filtering decoded batches is then
 /// faster than the decoder's row selections.
 pub fn scan_session() -> SessionContext {
@@ -102,7 +102,7 @@ impl ScalarUDFImpl for Keep {
     }
 }
 
-/// The expression that keeps the rows of `kind` except those of `skipped` ids.
+/// Returns the expression that keeps the rows of `kind` except those of `skipped` ids.
 fn keep_expr<'a>(organization_id: &str, kind: &'static str, skipped: impl Iterator<Item = &'a String>) -> Expr {
     let ids: HashSet<String> = skipped.cloned().collect();
     let hashes = ids.iter().map(|id| key_hash(organization_id, kind, id)).collect();
@@ -115,7 +115,7 @@ fn keep_expr<'a>(organization_id: &str, kind: &'static str, skipped: impl Iterat
     ScalarUDF::from(keep).call(vec![col("key_hash"), col("id")])
 }
 
-/// The segment rows of one kind of an organization, minus `skipped` ids, or
+/// Returns the segment rows of one kind of an organization, minus `skipped` ids, or
 /// `None` when there are no segment files.
 async fn segment_rows<'a>(
     context: &SessionContext,
@@ -138,7 +138,7 @@ async fn segment_rows<'a>(
     Ok(Some(frame))
 }
 
-/// The columns of the fast `traces` table before its computed ones.
+/// Returns the columns of the fast `traces` table before its computed ones.
 fn trace_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
@@ -170,7 +170,7 @@ fn trace_batch(rows: &[(&String, Typed)]) -> Result<RecordBatch> {
     )?)
 }
 
-/// Every trace of the organization with the columns of the trace list:
+/// Returns every trace of the organization with the columns of the trace list:
 /// `id`, `name`, `agent_id`, `started_at`, `ended_at`, `first_seen`, `meta`
 /// (see [`bedrock_store::events::typed::metadata_entry`]), `duration_ms` and
 /// `status`.
@@ -198,7 +198,7 @@ pub async fn traces(context: &SessionContext, scan: &FastScan, organization_id: 
     frame.select(all)
 }
 
-/// The columns of the fast `usage` table.
+/// Returns the columns of the fast `usage` table.
 fn usage_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),

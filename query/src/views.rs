@@ -194,7 +194,7 @@ impl TraceView {
         TraceView::with_totals(id, state, totals)
     }
 
-    /// A trace whose span totals are already summed.
+    /// Builds a trace whose span totals are already summed.
     pub fn with_totals(id: &str, state: &TraceState, totals: SpanTotals) -> TraceView {
         TraceView { id: id.to_string(), fields: state.resolve(), first_seen: state.first_seen, totals }
     }

@@ -796,7 +796,7 @@ impl EventStore {
             (paths, blooms, trace_blooms, multi)
         };
 
-        // Memory first: what it holds is newer than any segment row.
+        // Memory first: its states are newer than any segment row.
         let mut memory = Objects::default();
         self.with_memory(|generation| {
             merge_memory(&mut memory.traces, &generation.traces, organization_id);
@@ -942,7 +942,7 @@ impl EventStore {
 
     /// Scans each segment for the rows that `filter` selects there, in
     /// segment order, skipping segments for which it returns `None`. The
-    /// caller holds `files` for reading.
+    /// caller keeps `files` locked for reading.
     async fn scan_where(&self, filter: impl Fn(&SegmentFile) -> Option<Expr>) -> Result<Vec<SegmentRow>, StoreError> {
         let scans: Vec<(String, Expr)> = {
             let inner = self.lock();
