@@ -175,3 +175,47 @@ async fn compaction_keeps_one_row_per_object() {
     assert_eq!(open.ended_at, None);
     assert_eq!(open.metadata.unwrap()["step"], "open");
 }
+
+/// Returns the ids of the spans that a fast scan merges itself.
+async fn merged_spans(store: &EventStore) -> Vec<String> {
+    let scan = store.fast_scan(ORG).await.unwrap().expect("the embedded store has segment files");
+    let mut ids: Vec<String> = scan.slow.spans.keys().cloned().collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn fast_scans_merge_only_split_and_buffered_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path()).unwrap();
+    apply(&store, 1, vec![trace_open("t1"), span_open("split", "t1", 10), span_open("whole", "t1", 11), span_close("whole", 12)]);
+    store.flush().await.unwrap();
+    assert_eq!(merged_spans(&store).await, ["split", "whole"], "the generation last flushed is read from memory");
+
+    apply(&store, 2, vec![span_close("split", 20)]);
+    store.flush().await.unwrap();
+    apply(&store, 3, vec![span_open("buffered", "t1", 30)]);
+    // `split` has a row in each of two segments, `buffered` is in memory,
+    // and `whole` is one row of the first segment.
+    store.flush().await.unwrap();
+    assert_eq!(merged_spans(&store).await, ["buffered", "split"]);
+
+    let scan = store.fast_scan(ORG).await.unwrap().unwrap();
+    let split = scan.slow.spans["split"].resolve();
+    assert_eq!((split.started_at, split.ended_at, split.trace_id.as_deref()), (Some(10), Some(20), Some("t1")), "merged from both segments");
+    drop(scan);
+
+    // The store finds the split object again from its files.
+    drop(store);
+    let store = EventStore::open(dir.path()).unwrap();
+    assert_eq!(merged_spans(&store).await, ["split"]);
+
+    // Once compaction puts both rows in one segment, no object needs merging.
+    while store.compact(2).await.unwrap() {}
+    assert_eq!(store.stats().segments, 1);
+    assert!(merged_spans(&store).await.is_empty());
+    drop(store);
+    let store = EventStore::open(dir.path()).unwrap();
+    assert!(merged_spans(&store).await.is_empty());
+    assert_closed(&store, "split", "t1").await;
+}
