@@ -1,8 +1,8 @@
-//! The typed plans (trace lists and usage summaries read from the typed
-//! columns of the segments) answer exactly as the general plans that merge
-//! every object, on one embedded store whose objects are split between
+//! The typed plans read trace lists and usage summaries from the typed
+//! columns of the segments. They return exactly what the general plans, which
+//! merge every object, return. The store's objects are split between
 //! segments, compacted segments, the recent generation and the buffer, and
-//! again after the store is reopened.
+//! the comparison runs again after the store is reopened.
 
 use std::sync::Arc;
 

@@ -234,9 +234,9 @@ fn usage_batch(rows: &[(&String, Option<String>, Typed)]) -> Result<RecordBatch>
     )?)
 }
 
-/// Every usage record of the organization, posted or derived from an `llm`
-/// span, with the columns of [`usage_schema`]. A posted record that names a
-/// span replaces that span's record. Costs are not priced yet: see [`priced_cost`].
+/// Returns every usage record of the organization, posted or derived from an
+/// `llm` span, with the columns of [`usage_schema`]. A posted record that
+/// names a span replaces that span's record. Costs are unpriced: see [`priced_cost`].
 pub async fn usage_records(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<DataFrame> {
     let slow = &scan.slow;
     let mut memory: Vec<(&String, Option<String>, Typed)> = Vec::new();
@@ -246,6 +246,7 @@ pub async fn usage_records(context: &SessionContext, scan: &FastScan, organizati
         posted_spans.extend(typed.span_id.clone());
         memory.push((id, state.resolve().trace_id, typed));
     }
+
     let posted = segment_rows(context, scan, organization_id, KIND_USAGE, slow.usage.keys()).await?;
     if let Some(posted) = &posted {
         let named = posted.clone().filter(col("span_id").is_not_null())?.select_columns(&["span_id"])?.collect().await?;
@@ -255,16 +256,19 @@ pub async fn usage_records(context: &SessionContext, scan: &FastScan, organizati
             posted_spans.extend(ids.iter().flatten().map(str::to_string));
         }
     }
+
     for (id, state) in &slow.spans {
         let typed = Typed::of_span(state);
         if typed.has_usage == Some(true) && !posted_spans.contains(id) {
             memory.push((id, state.resolve().trace_id, typed));
         }
     }
+
     let mut frame = context.read_table(Arc::new(MemTable::try_new(usage_schema(), vec![vec![usage_batch(&memory)?]])?))?;
     if let Some(posted) = posted {
         frame = posted.select_columns(&USAGE_COLUMNS)?.union(frame)?;
     }
+
     let skipped = slow.spans.keys().chain(posted_spans.iter());
     if let Some(spans) = segment_rows(context, scan, organization_id, KIND_SPAN, skipped).await? {
         let spans = spans.filter(col("has_usage").is_true())?.select_columns(&USAGE_COLUMNS)?;
@@ -352,10 +356,10 @@ pub fn priced_cost(prices: Arc<PriceBook>) -> Expr {
     ScalarUDF::from(cost).call(vec![col("model"), col("input_tokens"), col("cached_tokens"), col("output_tokens"), col("cost_nanos")])
 }
 
-/// The typed columns of the spans of `trace_ids` in the segment files, by
-/// trace id, minus the spans the scan merged itself. Each file is asked only
-/// for the traces its filter may hold, so short lists let page statistics
-/// prune the reads.
+/// Reads the typed columns of the spans of `trace_ids` in the segment files,
+/// with their trace ids, minus the spans the scan merged itself. Each file is
+/// queried only for the traces its Bloom filter may contain, so short lists
+/// let page statistics prune the reads.
 pub async fn span_rows_of_traces(
     context: &SessionContext,
     scan: &FastScan,

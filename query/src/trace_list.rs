@@ -12,7 +12,7 @@ use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::expr::Like;
-use datafusion::prelude::{col, lit, Expr, SessionContext};
+use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
 use bedrock_store::events::typed::metadata_entry;
 use serde_json::Value;
 
@@ -166,6 +166,19 @@ fn after_cursor(field: SortField, descending: bool, cursor: &TraceCursor) -> Res
     Ok(beyond.or(column.clone().eq(value).and(id_after)).or(column.is_null()))
 }
 
+/// Sorts `frame` by the sort column, then id, and keeps the page that
+/// `paging` selects plus one row, which tells whether more rows follow.
+fn page_of(frame: DataFrame, sort: (SortField, bool), paging: &Paging<'_>, limit: usize) -> Result<DataFrame, QueryError> {
+    let (field, descending) = sort;
+    let (frame, offset) = match paging {
+        Paging::Offset(offset) => (frame, *offset),
+        Paging::After(Some(cursor)) => (frame.filter(after_cursor(field, descending, cursor)?)?, 0),
+        Paging::After(None) => (frame, 0),
+    };
+    let sorted = frame.sort(vec![col(field.column()).sort(!descending, false), col("id").sort(!descending, false)])?;
+    Ok(sorted.limit(offset, Some(limit + 1))?)
+}
+
 fn cursor_value(field: SortField, column: &Arc<dyn Array>, row: usize) -> Result<Value, QueryError> {
     if column.is_null(row) {
         return Ok(Value::Null);
@@ -198,7 +211,7 @@ impl TraceQueries {
         if let Some(page) = self.list_fast(organization_id, filter, sort, &paging, limit).await? {
             return Ok(page);
         }
-        let (field, descending) = sort;
+        let field = sort.0;
         let prices = self.prices().book(organization_id).await?;
         let table = TracesTable::new(self.store().clone(), organization_id, prices).with_metadata_filters(filter.metadata.clone());
         let mut frame = SessionContext::new().read_table(Arc::new(table))?;
@@ -207,17 +220,7 @@ impl TraceQueries {
         }
         let count = frame.clone().count().await?;
 
-        let offset = match paging {
-            Paging::Offset(offset) => offset,
-            Paging::After(Some(cursor)) => {
-                frame = frame.filter(after_cursor(field, descending, cursor)?)?;
-                0
-            }
-            Paging::After(None) => 0,
-        };
-        let batches = frame
-            .sort(vec![col(field.column()).sort(!descending, false), col("id").sort(!descending, false)])?
-            .limit(offset, Some(limit + 1))?
+        let batches = page_of(frame, sort, &paging, limit)?
             .select_columns(&[field.column(), "id", "view"])?
             .collect()
             .await?;
@@ -256,7 +259,7 @@ impl TraceQueries {
         paging: &Paging<'_>,
         limit: usize,
     ) -> Result<Option<(ListPage, Option<TraceCursor>)>, QueryError> {
-        let (field, descending) = sort;
+        let field = sort.0;
         let span_totals = filter.span_type.is_some() || filter.has_error.is_some() || filter.min_cost_nanos.is_some();
         if !self.typed() || span_totals || !matches!(field, SortField::StartedAt | SortField::DurationMs) {
             return Ok(None);
@@ -273,17 +276,7 @@ impl TraceQueries {
             frame = frame.filter(like("meta", format!("%{}%", like_literal(&metadata_entry(key, value)))))?;
         }
         let count = frame.clone().count().await?;
-        let offset = match paging {
-            Paging::Offset(offset) => *offset,
-            Paging::After(Some(cursor)) => {
-                frame = frame.filter(after_cursor(field, descending, cursor)?)?;
-                0
-            }
-            Paging::After(None) => 0,
-        };
-        let batches = frame
-            .sort(vec![col(field.column()).sort(!descending, false), col("id").sort(!descending, false)])?
-            .limit(offset, Some(limit + 1))?
+        let batches = page_of(frame, sort, paging, limit)?
             .select_columns(&[field.column(), "id"])?
             .collect()
             .await?;

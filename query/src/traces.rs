@@ -61,6 +61,12 @@ pub struct TraceQueries {
     typed: bool,
 }
 
+/// Returns the order of the default trace list: newest start first, then
+/// newest first write, then id, with nulls last.
+fn newest_first() -> Vec<datafusion::logical_expr::SortExpr> {
+    vec![col("started_at").sort(false, false), col("first_seen").sort(false, false), col("id").sort(false, false)]
+}
+
 fn span_order(a: &SpanView, b: &SpanView) -> std::cmp::Ordering {
     (a.started_at().unwrap_or(i64::MAX), a.first_seen, &a.id).cmp(&(b.started_at().unwrap_or(i64::MAX), b.first_seen, &b.id))
 }
@@ -211,11 +217,7 @@ impl TraceQueries {
         let frame = crate::fast::traces(&context, &scan, organization_id).await?;
         let count = frame.clone().count().await?;
         let batches = frame
-            .sort(vec![
-                col("started_at").sort(false, false),
-                col("first_seen").sort(false, false),
-                col("id").sort(false, false),
-            ])?
+            .sort(newest_first())?
             .limit(offset, Some(limit))?
             .select_columns(&["id"])?
             .collect()
@@ -240,11 +242,7 @@ impl TraceQueries {
         let table = context.read_table(Arc::new(TracesTable::new(self.store.clone(), organization_id, prices)))?;
         let count = table.clone().count().await?;
         let page = table
-            .sort(vec![
-                col("started_at").sort(false, false),
-                col("first_seen").sort(false, false),
-                col("id").sort(false, false),
-            ])?
+            .sort(newest_first())?
             .limit(offset, Some(limit))?
             .select_columns(&["view"])?
             .collect()

@@ -772,10 +772,10 @@ impl EventStore {
     }
 
     /// Prepares a read of every object of an organization in which most rows
-    /// need no merge: the segment files to read through their typed columns,
-    /// and the exact merged state of every object that is in memory or has
-    /// rows in several segments, whose rows in those files the reader must
-    /// skip. Returns `None` on ClickHouse, which has no segment files.
+    /// need no merge. It lists the segment files to read through their typed
+    /// columns, and merges every object that is in memory or has rows in
+    /// several segments; the reader skips those objects' rows in the files.
+    /// Returns `None` on ClickHouse, which has no segment files.
     ///
     /// The scan holds the segment files until it is dropped, so they are
     /// neither replaced by compaction nor superseded by a flush meanwhile.

@@ -218,7 +218,7 @@ pub struct SegmentWriter {
     rows: u64,
     ids: Bloom,
     traces: Bloom,
-    /// The kind of the last row written: a row group holds one kind, so
+    /// The kind of the last row written. Each row group contains one kind, so
     /// scans of one kind skip the others' row groups by their statistics.
     kind: Option<&'static str>,
 }
@@ -425,7 +425,7 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
     found.sort_by_key(|(first, last, _)| (*first, std::cmp::Reverse(*last)));
     let mut live: Vec<SegmentFile> = Vec::new();
     let mut multi = std::collections::HashSet::new();
-    // The sorted key hashes of each live segment, held while loading only.
+    // The sorted key hashes of each live segment, kept while loading only.
     let mut key_hashes_of: Vec<Vec<u64>> = Vec::new();
     for (first, last, path) in found {
         if let Some(previous) = live.last() {
@@ -449,8 +449,8 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
             hashes.push(hash);
             // The Bloom filters narrow the candidates; the sorted hashes of
             // the earlier segments then drop their false positives.
-            let held = |older: usize| live[older].ids.may_contain_probe(probe) && key_hashes_of[older].binary_search(&hash).is_ok();
-            if (0..live.len()).any(held) {
+            let contains = |older: usize| live[older].ids.may_contain_probe(probe) && key_hashes_of[older].binary_search(&hash).is_ok();
+            if (0..live.len()).any(contains) {
                 multi.insert((organization.clone(), *kind, id.clone()));
             }
         }

@@ -3,8 +3,8 @@
 //!
 //! They describe the whole object only when the row is the object's one
 //! row, which is what compaction makes of most objects. The store tracks the
-//! objects whose rows lie in several segments, and in memory (see
-//! [`super::FastScan`]); queries merge those exactly and read the typed
+//! objects with rows in several segments or in memory (see
+//! [`super::FastScan`]). Queries merge those exactly, and read the typed
 //! columns of every other row as they are, with no JSON to decode.
 
 use serde::de::DeserializeOwned;
@@ -40,7 +40,8 @@ pub struct Typed {
     pub output_tokens: Option<i64>,
     pub cached_tokens: Option<i64>,
     pub reasoning_tokens: Option<i64>,
-    /// The client's cost in nano-dollars (a span's cost of exactly 0 is none).
+    /// The client's cost in nano-dollars, null when absent; a span's cost of
+    /// exactly 0 counts as absent, because the harness sends 0.0 for "unknown".
     pub cost_nanos: Option<i64>,
     /// The usage record's timestamp.
     pub usage_at: Option<i64>,
@@ -63,8 +64,8 @@ fn escape_into(out: &mut String, text: &str) {
     }
 }
 
-/// The text of a metadata value that filters compare: a string's own text,
-/// any other value's JSON.
+/// Returns the text of a metadata value that filters compare: a string's own
+/// text, any other value's JSON.
 pub fn metadata_text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
@@ -72,8 +73,8 @@ pub fn metadata_text(value: &Value) -> String {
     }
 }
 
-/// One top-level metadata pair as it appears in the `meta` column, where
-/// entries follow each other and the column ends with a separator: a
+/// Returns one top-level metadata pair as the `meta` column contains it. The
+/// column's entries follow each other and it ends with a separator, so a
 /// substring match on this text matches exactly that key with that value.
 pub fn metadata_entry(key: &str, value: &str) -> String {
     let mut out = String::with_capacity(key.len() + value.len() + 3);
@@ -101,7 +102,7 @@ fn non_empty(text: &Option<String>) -> bool {
     text.as_ref().is_some_and(|t| !t.is_empty())
 }
 
-/// The stable 64-bit hash of an object's key that the `key_hash` column holds.
+/// Returns the stable 64-bit hash of an object's key, as the `key_hash` column stores it.
 pub fn key_hash(organization_id: &str, kind: &str, id: &str) -> u64 {
     bloom::stable_hash(&[organization_id, kind, id])
 }
@@ -173,7 +174,7 @@ impl Typed {
         }
     }
 
-    /// The typed columns of a row whose state is JSON, as segments store it.
+    /// Computes the typed columns of a row from its JSON state, as segments store it.
     pub fn of_json(kind: &str, state: &str) -> Result<Typed, StoreError> {
         fn decode<F: Fields + DeserializeOwned>(state: &str) -> Result<Layered<F>, StoreError> {
             serde_json::from_str(state).map_err(|err| StoreError::Internal(format!("corrupt state: {err}")))
