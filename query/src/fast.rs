@@ -371,9 +371,12 @@ pub async fn span_rows_of_traces(
         "trace_id", "span_type", "has_error", "flagged", "passed", "has_usage", "model", "input_tokens", "output_tokens",
         "cached_tokens", "reasoning_tokens", "cost_nanos",
     ];
+    let probes: Vec<bedrock_store::events::bloom::Probe> =
+        trace_ids.iter().map(|id| bedrock_store::events::bloom::Probe::of(&[organization_id, id])).collect();
     let mut reads = Vec::new();
     for (index, path) in scan.paths.iter().enumerate() {
-        let list: Vec<Expr> = trace_ids.iter().filter(|id| scan.may_hold_trace(index, organization_id, id)).map(|id| lit(*id)).collect();
+        let list: Vec<Expr> =
+            trace_ids.iter().zip(&probes).filter(|(_, probe)| scan.may_hold_trace(index, **probe)).map(|(id, _)| lit(*id)).collect();
         if list.is_empty() {
             continue;
         }

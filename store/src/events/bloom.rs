@@ -1,11 +1,20 @@
 //! A small Bloom filter kept in memory per segment, so point reads (one
-//! span, one trace) open only the segments that may hold the object. About
-//! 10 bits per key and 7 probes give a false-positive rate near 1%; the
-//! precise filter, 20 bits and 14 probes, about 0.01%.
+//! span, one trace) open only the segments that may hold the object.
+//!
+//! The filter is blocked: a key's probes all fall in one 512-bit block, one
+//! cache line, so a lookup in a filter of many megabytes costs one cache
+//! miss rather than one per probe. About 10 bits per key and 7 probes give a
+//! false-positive rate near 1%; the precise filter, 20 bits and 10 probes,
+//! about 0.02%. A key is hashed once per lookup into a [`Probe`], which then
+//! tests every segment's filter.
+
+/// 64-bit words in a block: 512 bits, one cache line.
+const BLOCK_WORDS: usize = 8;
+const BLOCK_BITS: u64 = (BLOCK_WORDS * 64) as u64;
 
 #[derive(Debug, Clone)]
 pub struct Bloom {
-    bits: Vec<u64>,
+    blocks: Vec<[u64; BLOCK_WORDS]>,
     probes: u32,
 }
 
@@ -23,50 +32,67 @@ fn fnv1a(parts: &[&str], seed: u64) -> u64 {
     hash
 }
 
+/// The finalizer of SplitMix64: spreads every input bit over the output.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Returns a hash of a key's parts that stays the same across builds and
 /// versions, so it may be stored.
 pub fn stable_hash(parts: &[&str]) -> u64 {
     fnv1a(parts, 0)
 }
 
-/// The two hashes from which a key's probe positions derive, computed once
-/// to probe many filters.
+/// A key's hash, computed once to probe many filters. Filters live in
+/// memory only, so this may change between versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Probe(u64, u64);
+pub struct Probe(u64);
 
 impl Probe {
     pub fn of(parts: &[&str]) -> Probe {
-        Probe(fnv1a(parts, 0), fnv1a(parts, 0x9e37_79b9_7f4a_7c15) | 1)
+        Probe(mix(fnv1a(parts, 0)))
     }
 }
 
 impl Bloom {
+    fn sized(keys: usize, bits_per_key: usize, probes: u32) -> Bloom {
+        let blocks = (keys.max(1) * bits_per_key).div_ceil(BLOCK_BITS as usize);
+        Bloom { blocks: vec![[0; BLOCK_WORDS]; blocks], probes }
+    }
+
     pub fn with_capacity(keys: usize) -> Bloom {
-        let bits = (keys.max(1) * 10).next_power_of_two();
-        Bloom { bits: vec![0; bits.div_ceil(64)], probes: 7 }
+        Bloom::sized(keys, 10, 7)
     }
 
     /// Creates a filter with twice the bits per key, for keys whose false
     /// positives cost more than a skipped read: they decide which objects
     /// queries merge.
     pub fn precise_with_capacity(keys: usize) -> Bloom {
-        let bits = (keys.max(1) * 20).next_power_of_two();
-        Bloom { bits: vec![0; bits.div_ceil(64)], probes: 14 }
+        Bloom::sized(keys, 20, 10)
     }
 
-    fn positions(&self, parts: &[&str]) -> impl Iterator<Item = usize> + '_ {
-        self.probe_positions(Probe::of(parts))
-    }
-
-    fn probe_positions(&self, Probe(first, second): Probe) -> impl Iterator<Item = usize> + '_ {
-        let size = (self.bits.len() * 64) as u64;
-        (0..self.probes as u64).map(move |i| (first.wrapping_add(i.wrapping_mul(second)) % size) as usize)
+    /// The block of a probe, and its bit positions in the block: the low
+    /// 32 bits of the hash, scaled to the number of blocks, pick the block,
+    /// and a multiplicative sequence seeded by the whole hash gives a bit
+    /// per probe from its top bits.
+    fn place(&self, Probe(hash): Probe) -> (usize, impl Iterator<Item = usize>) {
+        let block = (((hash & 0xffff_ffff) * self.blocks.len() as u64) >> 32) as usize;
+        let mut state = hash | 1;
+        let bits = (0..self.probes).map(move |_| {
+            state = state.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            ((state >> 32) % BLOCK_BITS) as usize
+        });
+        (block, bits)
     }
 
     pub fn insert(&mut self, parts: &[&str]) {
-        let positions: Vec<usize> = self.positions(parts).collect();
-        for position in positions {
-            self.bits[position / 64] |= 1 << (position % 64);
+        let (block, bits) = self.place(Probe::of(parts));
+        let bits: Vec<usize> = bits.collect();
+        let block = &mut self.blocks[block];
+        for bit in bits {
+            block[bit / 64] |= 1 << (bit % 64);
         }
     }
 
@@ -75,7 +101,9 @@ impl Bloom {
     }
 
     pub fn may_contain_probe(&self, probe: Probe) -> bool {
-        self.probe_positions(probe).all(|position| self.bits[position / 64] & (1 << (position % 64)) != 0)
+        let (block, mut bits) = self.place(probe);
+        let block = &self.blocks[block];
+        bits.all(|bit| block[bit / 64] & (1 << (bit % 64)) != 0)
     }
 }
 
@@ -92,6 +120,7 @@ mod tests {
         assert!((0..10_000).all(|i| bloom.may_contain(&["org", &i.to_string()])));
         let false_positives = (10_000..20_000).filter(|i| bloom.may_contain(&["org", &i.to_string()])).count();
         assert!(false_positives < 300, "{false_positives} false positives in 10000");
+        assert!(false_positives > 0, "a filter of this size has some false positives");
 
         let mut precise = Bloom::precise_with_capacity(10_000);
         for i in 0..10_000 {
@@ -99,6 +128,6 @@ mod tests {
         }
         assert!((0..10_000).all(|i| precise.may_contain(&["org", &i.to_string()])));
         let false_positives = (10_000..110_000).filter(|i| precise.may_contain(&["org", &i.to_string()])).count();
-        assert!(false_positives < 30, "{false_positives} false positives in 100000");
+        assert!(false_positives < 40, "{false_positives} false positives in 100000");
     }
 }

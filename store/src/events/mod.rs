@@ -195,9 +195,10 @@ pub struct FastScan {
 }
 
 impl FastScan {
-    /// Reports whether file `index` of `paths` may hold rows of the trace.
-    pub fn may_hold_trace(&self, index: usize, organization_id: &str, trace_id: &str) -> bool {
-        self.trace_blooms[index].may_contain(&[organization_id, trace_id])
+    /// Reports whether file `index` of `paths` may hold rows of the trace
+    /// whose key `[organization, trace id]` gave `probe`.
+    pub fn may_hold_trace(&self, index: usize, probe: bloom::Probe) -> bool {
+        self.trace_blooms[index].may_contain_probe(probe)
     }
 }
 
@@ -688,7 +689,10 @@ impl EventStore {
             ids.clone()
         } else {
             let inner = self.lock();
-            let in_segments = |id: &String| inner.segments.iter().any(|s| s.may_hold_object(organization_id, KIND_SPAN, id));
+            let in_segments = |id: &String| {
+                let probe = bloom::Probe::of(&[organization_id, KIND_SPAN, id]);
+                inner.segments.iter().any(|s| s.may_hold_object(probe))
+            };
             ids.iter()
                 .filter(|id| {
                     inner.multi.contains(&(organization_id.to_string(), KIND_SPAN, id.to_string()))
@@ -955,6 +959,9 @@ impl EventStore {
                 .filter_map(|s| filter(s).map(|expr| (s.path.to_string_lossy().to_string(), expr)))
                 .collect()
         };
+        if scans.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut rows = Vec::new();
         // Every segment has this schema (older ones are rewritten at start-up),
         // so no scan reads a footer to infer it.
@@ -999,15 +1006,21 @@ impl EventStore {
                 self.scan_where(|_| Some(col("organization_id").eq(lit(organization_id)))).await
             }
             RowFilter::Object { organization_id, kind, id } => {
-                let expr = col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))).and(col("id").eq(lit(id)));
-                self.scan_where(|s| s.may_hold_object(organization_id, kind, id).then(|| expr.clone())).await
+                let probe = bloom::Probe::of(&[organization_id, kind, id]);
+                self.scan_where(|s| {
+                    s.may_hold_object(probe)
+                        .then(|| col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))).and(col("id").eq(lit(id))))
+                })
+                .await
             }
             // Each segment is asked only for the ids its Bloom filter may
             // hold: short lists let page statistics prune the scan, which
             // DataFusion does for lists of up to 20 values.
             RowFilter::Objects { organization_id, kind, ids } => {
+                let probes: Vec<bloom::Probe> = ids.iter().map(|id| bloom::Probe::of(&[organization_id, kind, id])).collect();
                 self.scan_where(|s| {
-                    let list: Vec<Expr> = ids.iter().filter(|id| s.may_hold_object(organization_id, kind, id)).map(|id| lit(*id)).collect();
+                    let list: Vec<Expr> =
+                        ids.iter().zip(&probes).filter(|(_, probe)| s.may_hold_object(**probe)).map(|(id, _)| lit(*id)).collect();
                     (!list.is_empty()).then(|| {
                         col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))).and(col("id").in_list(list, false))
                     })
@@ -1015,8 +1028,10 @@ impl EventStore {
                 .await
             }
             RowFilter::SpansOfTraces { organization_id, trace_ids } => {
+                let probes: Vec<bloom::Probe> = trace_ids.iter().map(|id| bloom::Probe::of(&[organization_id, id])).collect();
                 self.scan_where(|s| {
-                    let list: Vec<Expr> = trace_ids.iter().filter(|id| s.may_hold_trace(organization_id, id)).map(|id| lit(*id)).collect();
+                    let list: Vec<Expr> =
+                        trace_ids.iter().zip(&probes).filter(|(_, probe)| s.may_hold_trace(**probe)).map(|(id, _)| lit(*id)).collect();
                     (!list.is_empty()).then(|| {
                         col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(KIND_SPAN))).and(col("trace_id").in_list(list, false))
                     })

@@ -94,12 +94,16 @@ pub struct SegmentFile {
 }
 
 impl SegmentFile {
-    pub fn may_hold_object(&self, organization_id: &str, kind: &str, id: &str) -> bool {
-        self.ids.may_contain(&[organization_id, kind, id])
+    /// Whether the segment may hold rows of the object whose key
+    /// `[organization, kind, id]` gave `probe`.
+    pub fn may_hold_object(&self, probe: Probe) -> bool {
+        self.ids.may_contain_probe(probe)
     }
 
-    pub fn may_hold_trace(&self, organization_id: &str, trace_id: &str) -> bool {
-        self.traces.may_contain(&[organization_id, trace_id])
+    /// Whether the segment may hold spans of the trace whose key
+    /// `[organization, trace id]` gave `probe`.
+    pub fn may_hold_trace(&self, probe: Probe) -> bool {
+        self.traces.may_contain_probe(probe)
     }
 }
 
@@ -117,6 +121,12 @@ fn blooms<'a>(keys: impl Iterator<Item = (&'a str, &'a str, &'a str, Option<&'a 
 }
 
 pub fn schema() -> SchemaRef {
+    // Built once: point reads ask for it on every request.
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(build_schema).clone()
+}
+
+fn build_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("organization_id", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
