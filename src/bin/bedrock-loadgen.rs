@@ -169,9 +169,9 @@ struct Counters {
     stop: AtomicBool,
 }
 
-/// What one client saw: its latencies and its answers by status. Each
-/// client keeps its own, so that recording takes no lock; they are added up
-/// at the end.
+/// Latencies and response counts by status of one client. Each client keeps
+/// its own, so recording takes no lock, and the tallies are added up at the
+/// end.
 struct Tally {
     statuses: BTreeMap<String, u64>,
     latencies: Histogram<u64>,
@@ -211,8 +211,8 @@ struct Connection {
     sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
 }
 
-/// An answer: its status, its `Retry-After` in seconds if any, and its body.
-struct Answer {
+/// A response: its status, its `Retry-After` in seconds if any, and its body.
+struct Response {
     status: u16,
     retry_after: Option<u64>,
     body: Bytes,
@@ -240,7 +240,7 @@ impl Connection {
         Ok(self.sender.as_mut().expect("connection opened above"))
     }
 
-    /// Sends one request and reads the whole answer, within `timeout`.
+    /// Sends one request and reads the whole response, within `timeout`.
     async fn send(
         &mut self,
         method: &reqwest::Method,
@@ -248,7 +248,7 @@ impl Connection {
         headers: &[(&str, &str)],
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Answer, &'static str> {
+    ) -> Result<Response, &'static str> {
         let exchange = async {
             let mut request = hyper::Request::builder().method(method.as_str()).uri(path).header("Host", &self.host);
             for (name, value) in headers {
@@ -262,7 +262,7 @@ impl Connection {
             let retry_after =
                 response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             let body = response.into_body().collect().await.map_err(|_| "connection error")?.to_bytes();
-            Ok(Answer { status, retry_after, body })
+            Ok(Response { status, retry_after, body })
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -377,11 +377,11 @@ impl Client {
         let result = self.connection.send(&method, path, &headers, body, REQUEST_TIMEOUT).await;
         let mut parsed = None;
         let status = match &result {
-            Ok(answer) => {
+            Ok(response) => {
                 if self.batch_size > 0 {
-                    parsed = serde_json::from_slice(&answer.body).ok();
+                    parsed = serde_json::from_slice(&response.body).ok();
                 }
-                status_name(answer.status)
+                status_name(response.status)
             }
             Err(reason) => reason,
         };
@@ -543,12 +543,12 @@ impl Client {
         let result = self.connection.send(&reqwest::Method::POST, "/v1/traces", &headers, body, REQUEST_TIMEOUT).await;
         let mut retry = None;
         let status = match &result {
-            Ok(answer) => {
-                if answer.status == 503 {
-                    retry = Some(Duration::from_secs(answer.retry_after.unwrap_or(1)));
+            Ok(response) => {
+                if response.status == 503 {
+                    retry = Some(Duration::from_secs(response.retry_after.unwrap_or(1)));
                 }
-                if (200..300).contains(&answer.status) {
-                    let rejected = <otlp::ExportTraceServiceResponse as prost::Message>::decode(answer.body.as_ref())
+                if (200..300).contains(&response.status) {
+                    let rejected = <otlp::ExportTraceServiceResponse as prost::Message>::decode(response.body.as_ref())
                         .ok()
                         .and_then(|reply| reply.partial_success)
                         .map_or(0, |partial| partial.rejected_spans.max(0) as u64);
@@ -556,7 +556,7 @@ impl Client {
                     self.counters.spans_stored.fetch_add(stored, Ordering::Relaxed);
                     self.counters.spans_closed.fetch_add(stored, Ordering::Relaxed);
                 }
-                status_name(answer.status)
+                status_name(response.status)
             }
             Err(reason) => reason,
         };

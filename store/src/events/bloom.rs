@@ -32,7 +32,7 @@ fn fnv1a(parts: &[&str], seed: u64) -> u64 {
     hash
 }
 
-/// The finalizer of SplitMix64: spreads every input bit over the output.
+/// Spreads every input bit over the output, as the finalizer of SplitMix64 does.
 fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

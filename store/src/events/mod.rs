@@ -1042,7 +1042,7 @@ impl EventStore {
     }
 }
 
-/// The runtime of the store's long-lived session, which serves point reads.
+/// Builds the runtime of the store's long-lived session, which serves point reads.
 ///
 /// DataFusion keeps Parquet footers and file statistics for every file it
 /// read, up to 50 MiB and 20 MiB by default. Segments are few and their

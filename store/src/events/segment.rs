@@ -94,13 +94,13 @@ pub struct SegmentFile {
 }
 
 impl SegmentFile {
-    /// Whether the segment may hold rows of the object whose key
+    /// Reports whether the segment may hold rows of the object whose key
     /// `[organization, kind, id]` gave `probe`.
     pub fn may_hold_object(&self, probe: Probe) -> bool {
         self.ids.may_contain_probe(probe)
     }
 
-    /// Whether the segment may hold spans of the trace whose key
+    /// Reports whether the segment may hold spans of the trace whose key
     /// `[organization, trace id]` gave `probe`.
     pub fn may_hold_trace(&self, probe: Probe) -> bool {
         self.traces.may_contain_probe(probe)
