@@ -15,7 +15,8 @@
 //! per-event results.
 //!
 //! It stops by itself after `--duration-seconds` or `--spans`, whichever
-//! comes first, and prints a text report, or JSON with `--json`.
+//! comes first, or on Ctrl-C (SIGINT), and prints a text report, or JSON
+//! with `--json`.
 //!
 //! With `--otlp`, clients export the same sessions as OpenTelemetry spans
 //! in OTLP protobuf to /v1/traces, `--batch-size` spans per request (100 by
@@ -221,8 +222,8 @@ struct Response {
 impl Connection {
     fn new(base: &str) -> anyhow::Result<Self> {
         let url = url::Url::parse(base)?;
-        anyhow::ensure!(url.scheme() == "http", "the load generator speaks plain HTTP only, not {}", url.scheme());
-        let host = url.host_str().ok_or_else(|| anyhow::anyhow!("{base} names no host"))?.to_string();
+        anyhow::ensure!(url.scheme() == "http", "unsupported URL scheme {}: the load generator supports only http", url.scheme());
+        let host = url.host_str().ok_or_else(|| anyhow::anyhow!("invalid URL {base}: missing host"))?.to_string();
         let port = url.port_or_known_default().unwrap_or(80);
         Ok(Connection { address: format!("{host}:{port}"), host: format!("{host}:{port}"), sender: None })
     }
@@ -758,8 +759,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::pin!(deadline);
     let all_done = futures_join(tasks);
     tokio::pin!(all_done);
+    // Ctrl-C (SIGINT) ends the load early like the deadline does, so the
+    // report still covers what was sent.
     let tally = tokio::select! {
         _ = &mut deadline => {
+            counters.stop.store(true, Ordering::Relaxed);
+            (&mut all_done).await
+        }
+        _ = tokio::signal::ctrl_c() => {
             counters.stop.store(true, Ordering::Relaxed);
             (&mut all_done).await
         }
