@@ -207,8 +207,8 @@ impl Tally {
 /// its own connection through hyper's connection API instead of a pooled
 /// client: no pool lock, no URL parsing, fewer allocations per request.
 struct Connection {
-    address: String,
-    host: String,
+    /// `host:port` of the server, to connect to and to send as `Host`.
+    authority: String,
     sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
 }
 
@@ -225,12 +225,12 @@ impl Connection {
         anyhow::ensure!(url.scheme() == "http", "unsupported URL scheme {}: the load generator supports only http", url.scheme());
         let host = url.host_str().ok_or_else(|| anyhow::anyhow!("invalid URL {base}: missing host"))?.to_string();
         let port = url.port_or_known_default().unwrap_or(80);
-        Ok(Connection { address: format!("{host}:{port}"), host: format!("{host}:{port}"), sender: None })
+        Ok(Connection { authority: format!("{host}:{port}"), sender: None })
     }
 
     async fn open(&mut self) -> anyhow::Result<&mut hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(&self.address).await?;
+            let stream = tokio::net::TcpStream::connect(&self.authority).await?;
             stream.set_nodelay(true)?;
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
@@ -251,7 +251,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Response, &'static str> {
         let exchange = async {
-            let mut request = hyper::Request::builder().method(method.as_str()).uri(path).header("Host", &self.host);
+            let mut request = hyper::Request::builder().method(method.as_str()).uri(path).header("Host", &self.authority);
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
@@ -270,7 +270,7 @@ impl Connection {
             Err(_) => Err("timeout"),
         };
         if result.is_err() {
-            // The connection may hold half an exchange: start over on a new one.
+            // The connection may hold half an exchange, so the next request opens a new one.
             self.sender = None;
         }
         result

@@ -73,10 +73,10 @@ impl Bloom {
         Bloom::sized(keys, 20, 10)
     }
 
-    /// The block of a probe, and its bit positions in the block: the low
-    /// 32 bits of the hash, scaled to the number of blocks, pick the block,
-    /// and a multiplicative sequence seeded by the whole hash gives a bit
-    /// per probe from its top bits.
+    /// Returns the block of a probe and its bit positions in the block.
+    /// The low 32 bits of the hash, scaled to the number of blocks, pick the
+    /// block. A multiplicative sequence seeded by the whole hash gives one
+    /// bit per probe from its top bits.
     fn place(&self, Probe(hash): Probe) -> (usize, impl Iterator<Item = usize>) {
         let block = (((hash & 0xffff_ffff) * self.blocks.len() as u64) >> 32) as usize;
         let mut state = hash | 1;
