@@ -10,13 +10,14 @@
 //! 4. It is applied to the event store's buffer, so reads see it, and only
 //!    then acknowledged.
 //! 5. A background task flushes the buffer to a Parquet segment by size and
-//!    age, truncates the log behind it, and compacts segments.
+//!    age and truncates the log behind it; another compacts segments.
 //!
 //! Steps 3 and 4 run in a spawned task, so a client that disconnects cannot
 //! leave a logged record unapplied. At start-up, log records that no segment
 //! contains are replayed in log order before the server accepts requests.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,12 +141,7 @@ impl Ingestor {
         let outcome = task.await.map_err(|err| IngestError::Log(err.to_string()))?;
         match outcome {
             Ok(_) => {
-                let stats = self.store.stats();
-                // Flush early by size too, so a flush never has to write (and hold
-                // twice) more than a quarter of the buffer bound.
-                if stats.buffer_writes >= self.config.flush_events
-                    || stats.buffer_bytes >= self.config.buffer_max_bytes / 4
-                {
+                if self.flush_due() {
                     self.wake_flusher.notify_one();
                 }
                 Ok(())
@@ -162,6 +158,14 @@ impl Ingestor {
                 Err(IngestError::Log(err.to_string()))
             }
         }
+    }
+
+    /// Reports whether the buffer is large enough to flush before the flush
+    /// interval ends: by count, or by size, so that a flush never has to
+    /// write (and hold twice) more than a quarter of the buffer bound.
+    fn flush_due(&self) -> bool {
+        let stats = self.store.stats();
+        stats.buffer_writes >= self.config.flush_events || stats.buffer_bytes >= self.config.buffer_max_bytes / 4
     }
 
     /// Flushes the buffer and truncates the log; logs and swallows errors,
@@ -201,19 +205,44 @@ impl Ingestor {
 async fn flush_loop(ingestor: Arc<Ingestor>) {
     let mut stopping = ingestor.stopping.subscribe();
     let interval = ingestor.config.flush_interval;
+    let compacting = Arc::new(AtomicBool::new(false));
+    let mut next_flush = tokio::time::Instant::now() + interval;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = ingestor.wake_flusher.notified() => {}
+        let woken = tokio::select! {
+            _ = tokio::time::sleep_until(next_flush) => false,
+            _ = ingestor.wake_flusher.notified() => true,
             _ = stopping.changed() => return,
-        }
+        };
         if *stopping.borrow() {
             return;
         }
-        if ingestor.flush_once().await {
-            if let Err(err) = ingestor.store.compact(ingestor.config.compact_segments).await {
-                tracing::error!(error = %err, "compaction failed; retrying later");
+        // Writes wake this loop while a flush is running too, and the wake-up
+        // waits for the flush to end, when the buffer holds only what came
+        // since. Flushing that at once made segments a tenth of the usual
+        // size, which compaction could not merge with their neighbours.
+        if woken && !ingestor.flush_due() {
+            continue;
+        }
+        next_flush = tokio::time::Instant::now() + interval;
+        if ingestor.flush_once().await && !compacting.swap(true, Ordering::AcqRel) {
+            tokio::spawn(compact_while_due(ingestor.clone(), compacting.clone()));
+        }
+    }
+}
+
+/// Compacts until no run of segments is due, beside the flush loop: merging
+/// large segments takes tens of seconds, and flushes that waited for it let
+/// the buffer fill and writes get 503. Clears `compacting` when done.
+async fn compact_while_due(ingestor: Arc<Ingestor>, compacting: Arc<AtomicBool>) {
+    while !*ingestor.stopping.borrow() {
+        match ingestor.store.compact(ingestor.config.compact_segments).await {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(err) => {
+                tracing::error!(error = %err, "compaction failed; retrying after the next flush");
+                break;
             }
         }
     }
+    compacting.store(false, Ordering::Release);
 }

@@ -125,6 +125,60 @@ async fn reads_merge_segments_recent_and_buffer() {
     }
 }
 
+/// Reads of objects written only to memory skip the segments. These objects
+/// look new to memory but have older rows in a segment, which reads must
+/// still merge.
+#[tokio::test]
+async fn reads_find_segment_rows_of_objects_new_to_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path()).unwrap();
+    let closed_at_20 = |id: &str| span_close(id, 20);
+
+    // Segment 1: closes that came before their opens, and trace t3.
+    apply(&store, 1, vec![closed_at_20("late"), closed_at_20("late2"), trace_open("t3")]);
+    assert_eq!(store.flush().await.unwrap(), Some(1));
+    // Segment 2 replaces segment 1 as the generation kept in memory, so
+    // segment 1 is read from its file only.
+    apply(&store, 2, vec![span_open("other", "t9", 1)]);
+    assert_eq!(store.flush().await.unwrap(), Some(2));
+
+    // The opens arrive, each with a span that is new everywhere.
+    apply(&store, 3, vec![span_open("late", "t3", 10), span_open("new", "t3", 11)]);
+    apply(&store, 4, vec![trace_open("t4"), span_open("late2", "t4", 10), span_open("fresh", "t4", 11)]);
+
+    for (id, trace) in [("late", "t3"), ("late2", "t4")] {
+        assert_closed(&store, id, trace).await;
+    }
+    // t3 is in segment 1; t4 is in no segment, but its span late2 is.
+    for (trace, late, new) in [("t3", "late", "new"), ("t4", "late2", "fresh")] {
+        let spans = store.spans_of_trace(ORG, trace).await.unwrap();
+        let mut ids: Vec<&str> = spans.keys().map(String::as_str).collect();
+        ids.sort();
+        let mut expected = vec![late, new];
+        expected.sort();
+        assert_eq!(ids, expected, "spans of {trace}");
+        let late_state = spans[late].resolve();
+        assert_eq!(late_state.ended_at, Some(20), "{late}: the close from segment 1");
+        assert_eq!(late_state.started_at, Some(10), "{late}: the open from the buffer");
+        assert_eq!(spans[new].resolve().ended_at, None, "{new} is open");
+    }
+    let t3 = store.trace(ORG, "t3").await.unwrap().expect("trace t3 from segment 1");
+    assert_eq!(t3.resolve().name.as_deref(), Some("session"));
+
+    // The same after the buffer is flushed and kept in memory as the
+    // recent generation, and after compaction drops that.
+    assert_eq!(store.flush().await.unwrap(), Some(4));
+    for round in ["recent", "compacted"] {
+        for (id, trace) in [("late", "t3"), ("late2", "t4")] {
+            assert_closed(&store, id, trace).await;
+        }
+        assert_eq!(store.spans_of_trace(ORG, "t4").await.unwrap().len(), 2, "{round}");
+        assert_eq!(store.spans_of_trace(ORG, "t3").await.unwrap().len(), 2, "{round}");
+        store.compact(2).await.unwrap();
+    }
+    assert_eq!(store.stats().segments, 1);
+}
+
 #[tokio::test]
 async fn other_organizations_stay_apart() {
     let dir = tempfile::tempdir().unwrap();

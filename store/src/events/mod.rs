@@ -45,27 +45,41 @@ pub const MAX_COMPACTION_ROWS: u64 = 5_000_000;
 /// together, so a small new segment does not rewrite a large old one.
 const SIMILAR_SIZE_RATIO: u64 = 4;
 
-/// Picks the segments to compact: the newest run of at least `min_segments`
-/// adjacent segments whose row counts are within [`SIMILAR_SIZE_RATIO`] of
-/// each other and sum to at most [`MAX_COMPACTION_ROWS`]. Each run is grown
-/// from its newest segment towards older ones, and runs ending at older
-/// segments are tried when the newest ones are too short, so a run left
-/// behind by newer segments of another size is still merged. Only adjacent
-/// segments merge because reads apply segments in write order.
+/// Picks the segments to compact: the newest run of adjacent segments with
+/// at least `min_segments` peers, segments whose row counts are within
+/// [`SIMILAR_SIZE_RATIO`] of each other, and at most [`MAX_COMPACTION_ROWS`]
+/// rows in all. Each run is grown from its newest segment towards older ones,
+/// and runs ending at older segments are tried when the newest ones are too
+/// short, so a run left behind by newer segments of another size is still
+/// merged. Only adjacent segments merge because reads apply segments in
+/// write order.
+///
+/// A segment much smaller than the peers around it joins their run without
+/// counting as a peer: it costs the merge little, and left alone it would
+/// keep its neighbours from ever being adjacent.
 fn compaction_run(rows: &[u64], min_segments: usize) -> Option<std::ops::Range<usize>> {
     for end in (0..rows.len()).rev() {
         let (mut smallest, mut largest, mut total) = (rows[end].max(1), rows[end], rows[end]);
+        let mut peers = 1;
         let mut start = end;
         while start > 0 {
             let next = rows[start - 1];
-            let (low, high) = (smallest.min(next.max(1)), largest.max(next));
-            if high > low.saturating_mul(SIMILAR_SIZE_RATIO) || total + next > MAX_COMPACTION_ROWS {
+            if total + next > MAX_COMPACTION_ROWS {
                 break;
             }
-            (smallest, largest, total) = (low, high, total + next);
+            if next.max(1).saturating_mul(SIMILAR_SIZE_RATIO) < smallest {
+                total += next;
+                start -= 1;
+                continue;
+            }
+            let (low, high) = (smallest.min(next.max(1)), largest.max(next));
+            if high > low.saturating_mul(SIMILAR_SIZE_RATIO) {
+                break;
+            }
+            (smallest, largest, total, peers) = (low, high, total + next, peers + 1);
             start -= 1;
         }
-        if end + 1 - start >= min_segments {
+        if peers >= min_segments {
             return Some(start..end + 1);
         }
     }
@@ -210,8 +224,36 @@ struct Generation {
     usage: HashMap<Key, UsageState>,
     /// Span ids by (organization, trace id), for reads of one trace.
     spans_by_trace: HashMap<Key, HashSet<String>>,
+    /// Objects first written in this generation, when no segment and no
+    /// older generation held rows of them. See [`Generation::whole`].
+    born: Born,
     bytes: usize,
     writes: usize,
+}
+
+/// Keys whose rows are all in memory while the generation that holds them
+/// is: no segment held rows of them when this generation first saw them,
+/// and segments gain rows only from generations that were in memory then
+/// (this one, while it is the recent generation, is read from memory too).
+/// Point reads of such keys, the objects a harness writes and reads back
+/// moments later, skip the segments and their Bloom filters. Never filled
+/// on ClickHouse, which other instances write to as well.
+#[derive(Default, Clone)]
+struct Born {
+    traces: HashSet<Key>,
+    spans: HashSet<Key>,
+    usage: HashSet<Key>,
+    /// Traces none of whose spans any segment held.
+    trace_spans: HashSet<Key>,
+}
+
+impl Born {
+    fn extend(&mut self, newer: Born) {
+        self.traces.extend(newer.traces);
+        self.spans.extend(newer.spans);
+        self.usage.extend(newer.usage);
+        self.trace_spans.extend(newer.trace_spans);
+    }
 }
 
 impl Generation {
@@ -221,9 +263,16 @@ impl Generation {
             spans: HashMap::with_capacity(other.spans.len()),
             usage: HashMap::with_capacity(other.usage.len()),
             spans_by_trace: HashMap::with_capacity(other.spans_by_trace.len()),
+            born: Born::default(),
             bytes: 0,
             writes: 0,
         }
+    }
+
+    /// Reports whether this generation mentions trace `key`, as an object or
+    /// as the trace of a span.
+    fn mentions_trace(&self, key: &Key) -> bool {
+        self.traces.contains_key(key) || self.spans_by_trace.contains_key(key)
     }
 
     fn is_empty(&self) -> bool {
@@ -333,8 +382,11 @@ pub struct StoreStats {
 pub struct EventStore {
     dir: PathBuf,
     inner: Mutex<Inner>,
-    /// One flush or compaction at a time.
-    maintenance: tokio::sync::Mutex<()>,
+    /// One flush at a time.
+    flush_lock: tokio::sync::Mutex<()>,
+    /// One compaction at a time. Flushes run beside it: they only append
+    /// segments, and it only replaces a run of older ones.
+    compaction_lock: tokio::sync::Mutex<()>,
     /// Held by reads from their segment scan until they have read memory,
     /// and exclusively by a flush while it moves a generation into a segment
     /// and by compaction while it deletes the files it replaced.
@@ -378,7 +430,8 @@ impl EventStore {
                 next_segment,
                 tracker,
             }),
-            maintenance: tokio::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            compaction_lock: tokio::sync::Mutex::new(()),
             files: Arc::new(tokio::sync::RwLock::new(())),
             context: SessionContext::new_with_config_rt(config, point_read_runtime()?),
             clickhouse: None,
@@ -405,7 +458,8 @@ impl EventStore {
                 next_segment: 1,
                 tracker,
             }),
-            maintenance: tokio::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            compaction_lock: tokio::sync::Mutex::new(()),
             files: Arc::new(tokio::sync::RwLock::new(())),
             context: SessionContext::new(),
             clickhouse: Some(tier),
@@ -442,6 +496,9 @@ impl EventStore {
     pub fn apply_owned(&self, lsn: u64, batch: Batch) {
         let mut inner = self.lock();
         for write in batch.writes {
+            if self.clickhouse.is_none() {
+                note_born(&mut inner, &batch.organization_id, &write);
+            }
             inner.buffer.apply(&batch.organization_id, write, lsn, batch.received_at);
         }
         inner.tracker.mark(lsn);
@@ -479,7 +536,7 @@ impl EventStore {
     /// which every record is now in segments (so the log may be truncated
     /// there), or `None` when there was nothing to flush.
     pub async fn flush(&self) -> Result<Option<u64>, StoreError> {
-        let _maintenance = self.maintenance.lock().await;
+        let _flush = self.flush_lock.lock().await;
         let (generation, applied, number) = {
             let mut inner = self.lock();
             if inner.buffer.is_empty() {
@@ -516,7 +573,9 @@ impl EventStore {
         }
 
         let dir = self.dir.clone();
-        // Segments change only under `maintenance`, which this flush holds.
+        // A compaction may replace some of these segments meanwhile; the
+        // merged segment holds the same keys, so the keys found in them are
+        // still in older segments.
         let older: Vec<Arc<bloom::Bloom>> = self.lock().segments.iter().map(|s| s.ids.clone()).collect();
         let written = {
             let generation = generation.clone();
@@ -567,7 +626,7 @@ impl EventStore {
         if self.clickhouse.is_some() {
             return Ok(false);
         }
-        let _maintenance = self.maintenance.lock().await;
+        let _compaction = self.compaction_lock.lock().await;
         let (start, victims): (usize, Vec<SegmentFile>) = {
             let inner = self.lock();
             let rows: Vec<u64> = inner.segments.iter().map(|s| s.rows).collect();
@@ -596,6 +655,9 @@ impl EventStore {
         {
             let mut inner = self.lock();
             let replaced = victims.len();
+            // Flushes since the run was picked only appended segments after
+            // it, so it is still at `start`.
+            debug_assert!(inner.segments[start..start + replaced].iter().zip(&victims).all(|(s, v)| s.path == v.path));
             inner.segments.splice(start..start + replaced, [file.clone()]);
             // Objects whose rows were all in the merged segments now have one row.
             let Inner { multi, segments, .. } = &mut *inner;
@@ -623,9 +685,12 @@ impl EventStore {
 
     /// Returns the merged state of one trace.
     pub async fn trace(&self, organization_id: &str, id: &str) -> Result<Option<TraceState>, StoreError> {
+        let key = (organization_id.to_string(), id.to_string());
+        if let Some(state) = whole_in_memory(&self.lock(), &key, |g| (&g.traces, &g.born.traces)) {
+            return Ok(Some(state));
+        }
         let _files = self.files.read().await;
         let rows = self.rows(RowFilter::Object { organization_id, kind: KIND_TRACE, id }).await?;
-        let key = (organization_id.to_string(), id.to_string());
         let mut state = merge_segment_rows::<model::TraceFields>(&rows)?.remove(id);
         self.with_memory(|generation| {
             if let Some(newer) = generation.traces.get(&key) {
@@ -637,9 +702,12 @@ impl EventStore {
 
     /// Returns the merged state of one span.
     pub async fn span(&self, organization_id: &str, id: &str) -> Result<Option<SpanState>, StoreError> {
+        let key = (organization_id.to_string(), id.to_string());
+        if let Some(state) = whole_in_memory(&self.lock(), &key, |g| (&g.spans, &g.born.spans)) {
+            return Ok(Some(state));
+        }
         let _files = self.files.read().await;
         let rows = self.rows(RowFilter::Object { organization_id, kind: KIND_SPAN, id }).await?;
-        let key = (organization_id.to_string(), id.to_string());
         let mut state = merge_segment_rows::<model::SpanFields>(&rows)?.remove(id);
         self.with_memory(|generation| {
             if let Some(newer) = generation.spans.get(&key) {
@@ -666,6 +734,9 @@ impl EventStore {
         organization_id: &str,
         trace_ids: &[&str],
     ) -> Result<HashMap<String, HashMap<String, SpanState>>, StoreError> {
+        if let Some(by_trace) = trace_spans_in_memory(&self.lock(), organization_id, trace_ids) {
+            return Ok(by_trace);
+        }
         let _files = self.files.read().await;
 
         // Span ids known to belong to the traces, from memory and segments.
@@ -841,9 +912,12 @@ impl EventStore {
 
     /// Returns the merged state of one usage record posted by a client.
     pub async fn usage(&self, organization_id: &str, id: &str) -> Result<Option<UsageState>, StoreError> {
+        let key = (organization_id.to_string(), id.to_string());
+        if let Some(state) = whole_in_memory(&self.lock(), &key, |g| (&g.usage, &g.born.usage)) {
+            return Ok(Some(state));
+        }
         let _files = self.files.read().await;
         let rows = self.rows(RowFilter::Object { organization_id, kind: KIND_USAGE, id }).await?;
-        let key = (organization_id.to_string(), id.to_string());
         let mut state = merge_segment_rows::<model::UsageFields>(&rows)?.remove(id);
         self.with_memory(|generation| {
             if let Some(newer) = generation.usage.get(&key) {
@@ -1115,6 +1189,98 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
 
 /// Puts a generation that failed to flush back in front of newer writes,
 /// so nothing is lost and the next flush retries it.
+/// Records in the buffer which keys of `write`, about to be applied, no
+/// segment and no older generation holds (see [`Born`]).
+fn note_born(inner: &mut Inner, organization_id: &str, write: &Write) {
+    let Inner { buffer, flushing, recent, segments, .. } = inner;
+    let older: Vec<&Generation> = recent.iter().map(|(_, g)| &**g).chain(flushing.as_deref()).collect();
+    let unseen_object = |kind: &'static str, id: &str, seen: &dyn Fn(&Generation) -> bool| {
+        !seen(buffer) && !older.iter().any(|g| seen(g)) && {
+            let probe = bloom::Probe::of(&[organization_id, kind, id]);
+            !segments.iter().any(|s| s.may_hold_object(probe))
+        }
+    };
+    let (kind, id, trace_id) = match write {
+        Write::Trace { id, .. } => (KIND_TRACE, id, Some(id)),
+        Write::Span { id, fields, .. } => (KIND_SPAN, id, fields.trace_id.as_ref()),
+        Write::Usage { id, .. } => (KIND_USAGE, id, None),
+    };
+    let key = (organization_id.to_string(), id.clone());
+    let unseen = match kind {
+        KIND_TRACE => unseen_object(kind, id, &|g| g.traces.contains_key(&key)),
+        KIND_SPAN => unseen_object(kind, id, &|g| g.spans.contains_key(&key)),
+        _ => unseen_object(kind, id, &|g| g.usage.contains_key(&key)),
+    };
+    let born_trace_spans = trace_id.map(|trace_id| (organization_id.to_string(), trace_id.clone())).filter(|trace| {
+        !buffer.mentions_trace(trace) && !older.iter().any(|g| g.mentions_trace(trace)) && {
+            let probe = bloom::Probe::of(&[organization_id, &trace.1]);
+            !segments.iter().any(|s| s.may_hold_trace(probe))
+        }
+    });
+    if unseen {
+        match kind {
+            KIND_TRACE => buffer.born.traces.insert(key),
+            KIND_SPAN => buffer.born.spans.insert(key),
+            _ => buffer.born.usage.insert(key),
+        };
+    }
+    buffer.born.trace_spans.extend(born_trace_spans);
+}
+
+/// The generations in memory, oldest first: the recent one, the one being
+/// flushed, then the buffer.
+fn memory_generations(inner: &Inner) -> impl Iterator<Item = &Generation> {
+    inner.recent.iter().map(|(_, g)| &**g).chain(inner.flushing.as_deref()).chain(std::iter::once(&inner.buffer))
+}
+
+/// Merges the state of one object from memory alone when its rows are all
+/// there: `Some(state)`. `None` when segments may hold rows of it.
+fn whole_in_memory<F: Fields>(
+    inner: &Inner,
+    key: &Key,
+    pick: impl Fn(&Generation) -> (&HashMap<Key, Layered<F>>, &HashSet<Key>),
+) -> Option<Layered<F>> {
+    let mut state: Option<Layered<F>> = None;
+    for generation in memory_generations(inner) {
+        let (states, born) = pick(generation);
+        if let Some(newer) = states.get(key) {
+            // The oldest generation holding the object decides.
+            if state.is_none() && !born.contains(key) {
+                return None;
+            }
+            merge_into(&mut state, newer);
+        }
+    }
+    state
+}
+
+/// Merges the spans of traces from memory alone when all their rows are
+/// there, like [`whole_in_memory`]: by trace id and span id.
+fn trace_spans_in_memory(
+    inner: &Inner,
+    organization_id: &str,
+    trace_ids: &[&str],
+) -> Option<HashMap<String, HashMap<String, SpanState>>> {
+    let mut by_trace: HashMap<String, HashMap<String, SpanState>> = HashMap::new();
+    for trace_id in trace_ids {
+        let trace = (organization_id.to_string(), trace_id.to_string());
+        let oldest = memory_generations(inner).find(|g| g.mentions_trace(&trace))?;
+        if !oldest.born.trace_spans.contains(&trace) {
+            return None;
+        }
+        let ids: HashSet<&String> = memory_generations(inner).filter_map(|g| g.spans_by_trace.get(&trace)).flatten().collect();
+        for id in ids {
+            let key = (organization_id.to_string(), id.clone());
+            let state = whole_in_memory(inner, &key, |g| (&g.spans, &g.born.spans))?;
+            // A span belongs to the trace its merged state names: it may have moved.
+            if state.update.trace_id.as_deref().or(state.create.trace_id.as_deref()) == Some(*trace_id) {
+                by_trace.entry(trace_id.to_string()).or_default().insert(id.clone(), state);
+            }
+        }
+    }
+    Some(by_trace)
+}
+
 fn restore_generation(inner: &mut Inner, generation: Arc<Generation>) {
     let newer = std::mem::take(&mut inner.buffer);
     let mut restored = Arc::try_unwrap(generation).unwrap_or_else(|shared| clone_generation(&shared));
@@ -1236,6 +1402,7 @@ fn clone_generation(shared: &Generation) -> Generation {
         spans: shared.spans.clone(),
         usage: shared.usage.clone(),
         spans_by_trace: shared.spans_by_trace.clone(),
+        born: shared.born.clone(),
         bytes: shared.bytes,
         writes: shared.writes,
     }
@@ -1261,6 +1428,8 @@ fn merge_generation(older: &mut Generation, newer: Generation) {
     for (key, ids) in newer.spans_by_trace {
         older.spans_by_trace.entry(key).or_default().extend(ids);
     }
+    // A key born in the newer generation was in no older one.
+    older.born.extend(newer.born);
     older.bytes += newer.bytes;
     older.writes += newer.writes;
 }
@@ -1295,6 +1464,18 @@ mod tests {
         rows.extend([80_000; 2]);
         rows.extend([10_000; 3]);
         assert_eq!(compaction_run(&rows, 8), Some(3..12));
+    }
+
+    #[test]
+    fn compaction_run_takes_small_segments_between_peers() {
+        // Small flushes left between merged segments of a million rows do
+        // not keep those from merging, and do not count as their peers.
+        let rows = [1_000_000, 40_000, 900_000, 30_000, 30_000, 1_100_000, 1_000_000];
+        assert_eq!(compaction_run(&rows, 4), Some(0..7));
+        assert_eq!(compaction_run(&rows, 5), None);
+        // A small segment is never a reason to rewrite a large one.
+        assert_eq!(compaction_run(&[600_000, 50_000, 40_000], 2), Some(1..3));
+        assert_eq!(compaction_run(&[600_000, 50_000], 2), None);
     }
 
     #[test]
