@@ -25,7 +25,7 @@ fn disable_transparent_huge_pages() {
 /// Has mimalloc return freed pages to the system at once rather than 1 s
 /// later, its default, unless `MIMALLOC_PURGE_DELAY` sets another delay.
 /// Under harness load the server frees request and flush buffers on every
-/// thread all the time, and with the delay the pages freed in the last second
+/// thread all the time. With the delay, the pages freed in the last second
 /// stayed resident: 484 to 517 MiB up to 3.5 million rows, against 205 to
 /// 374 MiB with no delay (BENCHMARKS.md).
 fn purge_freed_memory_at_once() {

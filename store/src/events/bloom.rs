@@ -67,10 +67,10 @@ impl Bloom {
     }
 
     /// Creates a filter with nearly three times the bits per key, for keys
-    /// whose false positives cost more than a skipped read: they decide
-    /// which objects queries merge, and which objects a write finds in no
-    /// segment, so that reading them back skips the segments. With 50
-    /// segments, 20 bits per key sent 1% of those reads to a Parquet scan.
+    /// whose false positives cost more than a skipped read. They decide
+    /// which objects queries merge. They also decide which new objects a
+    /// write finds in no segment, whose reads then skip the segments. With
+    /// 50 segments, 20 bits per key sent 1% of those reads to a Parquet scan.
     pub fn precise_with_capacity(keys: usize) -> Bloom {
         Bloom::sized(keys, 28, 14)
     }
