@@ -138,7 +138,7 @@ pub struct EventSettings {
     #[arg(long, env = "BEDROCK_FLUSH_INTERVAL_MS", default_value_t = 2_000)]
     pub flush_interval_ms: u64,
 
-    /// Compact segments once there are at least this many.
+    /// Merge adjacent segments of similar size once at least this many are in a row.
     #[arg(long, env = "BEDROCK_COMPACT_SEGMENTS", default_value_t = 8)]
     pub compact_segments: usize,
 }
