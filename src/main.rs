@@ -32,8 +32,8 @@ fn purge_freed_memory_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
-    // mimalloc.h numbers `mi_option_purge_delay` 15 (v2 and v3); the -sys
-    // crate does not name it.
+    // mimalloc.h numbers `mi_option_purge_delay` 15 in v2 and v3. The -sys
+    // crate has no constant for it.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: mi_option_set only stores the value of a valid option.
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };

@@ -129,7 +129,7 @@ async fn reads_merge_segments_recent_and_buffer() {
 /// look new to memory but have older rows in a segment, which reads must
 /// still merge.
 #[tokio::test]
-async fn reads_find_segment_rows_of_objects_new_to_memory() {
+async fn memory_reads_merge_older_segment_rows() {
     let dir = tempfile::tempdir().unwrap();
     let store = EventStore::open(dir.path()).unwrap();
     let closed_at_20 = |id: &str| span_close(id, 20);

@@ -225,19 +225,17 @@ struct Generation {
     /// Span ids by (organization, trace id), for reads of one trace.
     spans_by_trace: HashMap<Key, HashSet<String>>,
     /// Objects first written in this generation, when no segment and no
-    /// older generation held rows of them. See [`Generation::whole`].
+    /// older generation contained rows of them.
     born: Born,
     bytes: usize,
     writes: usize,
 }
 
-/// Keys whose rows are all in memory while the generation that holds them
-/// is: no segment held rows of them when this generation first saw them,
-/// and segments gain rows only from generations that were in memory then
-/// (this one, while it is the recent generation, is read from memory too).
-/// Point reads of such keys, the objects a harness writes and reads back
-/// moments later, skip the segments and their Bloom filters. Never filled
-/// on ClickHouse, which other instances write to as well.
+/// Keys that no segment and no older generation contained when this
+/// generation first saw them. While the generation is in memory, all their
+/// rows are too, because segments gain rows only from generations in memory.
+/// Point reads of these keys skip the segments and their Bloom filters.
+/// Never filled on ClickHouse, which other instances also write to.
 #[derive(Default, Clone)]
 struct Born {
     traces: HashSet<Key>,
@@ -573,9 +571,9 @@ impl EventStore {
         }
 
         let dir = self.dir.clone();
-        // A compaction may replace some of these segments meanwhile; the
-        // merged segment holds the same keys, so the keys found in them are
-        // still in older segments.
+        // A compaction may replace some of these segments meanwhile. The
+        // merged segment contains the same keys, so the keys found are still
+        // in older segments.
         let older: Vec<Arc<bloom::Bloom>> = self.lock().segments.iter().map(|s| s.ids.clone()).collect();
         let written = {
             let generation = generation.clone();
@@ -1190,12 +1188,12 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
 /// Puts a generation that failed to flush back in front of newer writes,
 /// so nothing is lost and the next flush retries it.
 /// Records in the buffer which keys of `write`, about to be applied, no
-/// segment and no older generation holds (see [`Born`]).
+/// segment and no older generation contains (see [`Born`]).
 fn note_born(inner: &mut Inner, organization_id: &str, write: &Write) {
     let Inner { buffer, flushing, recent, segments, .. } = inner;
-    let older: Vec<&Generation> = recent.iter().map(|(_, g)| &**g).chain(flushing.as_deref()).collect();
+    let older = [recent.as_ref().map(|(_, g)| &**g), flushing.as_deref()];
     let unseen_object = |kind: &'static str, id: &str, seen: &dyn Fn(&Generation) -> bool| {
-        !seen(buffer) && !older.iter().any(|g| seen(g)) && {
+        !seen(buffer) && !older.iter().flatten().any(|g| seen(g)) && {
             let probe = bloom::Probe::of(&[organization_id, kind, id]);
             !segments.iter().any(|s| s.may_hold_object(probe))
         }
@@ -1212,7 +1210,7 @@ fn note_born(inner: &mut Inner, organization_id: &str, write: &Write) {
         _ => unseen_object(kind, id, &|g| g.usage.contains_key(&key)),
     };
     let born_trace_spans = trace_id.map(|trace_id| (organization_id.to_string(), trace_id.clone())).filter(|trace| {
-        !buffer.mentions_trace(trace) && !older.iter().any(|g| g.mentions_trace(trace)) && {
+        !buffer.mentions_trace(trace) && !older.iter().flatten().any(|g| g.mentions_trace(trace)) && {
             let probe = bloom::Probe::of(&[organization_id, &trace.1]);
             !segments.iter().any(|s| s.may_hold_trace(probe))
         }
@@ -1227,8 +1225,8 @@ fn note_born(inner: &mut Inner, organization_id: &str, write: &Write) {
     buffer.born.trace_spans.extend(born_trace_spans);
 }
 
-/// The generations in memory, oldest first: the recent one, the one being
-/// flushed, then the buffer.
+/// Returns the generations in memory, oldest first: the recent one, the
+/// one being flushed, then the buffer.
 fn memory_generations(inner: &Inner) -> impl Iterator<Item = &Generation> {
     inner.recent.iter().map(|(_, g)| &**g).chain(inner.flushing.as_deref()).chain(std::iter::once(&inner.buffer))
 }
