@@ -230,7 +230,7 @@ async fn export(
 
     let received_at = now_micros();
     let options = Options { agent_attributes: state.settings.otlp_agent_attributes.clone(), limits: limits(state) };
-    let conversion = otlp::convert(&request, &options, received_at);
+    let conversion = otlp::convert(request, &options, received_at);
     rejections.extend(conversion.rejections);
     if !conversion.writes.is_empty() {
         let batch = Batch { organization_id: principal.organization_id.clone(), received_at, writes: conversion.writes };

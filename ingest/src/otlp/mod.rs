@@ -162,20 +162,17 @@ struct TraceSummary {
 
 /// Maps every span of `request`. `received_at` (microseconds) replaces a
 /// missing start time, as for REST creates.
-pub fn convert(request: &ExportTraceServiceRequest, options: &Options, received_at: i64) -> Conversion {
+pub fn convert(request: ExportTraceServiceRequest, options: &Options, received_at: i64) -> Conversion {
     let mut conversion = Conversion::default();
     let mut span_writes = Vec::new();
     let mut trace_order: Vec<String> = Vec::new();
     let mut summaries: HashMap<String, TraceSummary> = HashMap::new();
 
-    for resource_spans in &request.resource_spans {
-        let resource_attributes = resource_spans
-            .resource
-            .as_ref()
-            .map(|resource| attributes_json(&resource.attributes))
-            .unwrap_or_default();
-        for scope_spans in &resource_spans.scope_spans {
-            let scope = scope_spans.scope.as_ref().map(|scope| {
+    for resource_spans in request.resource_spans {
+        let resource_attributes =
+            resource_spans.resource.map(|resource| attributes_json(resource.attributes)).unwrap_or_default();
+        for scope_spans in resource_spans.scope_spans {
+            let scope = scope_spans.scope.map(|scope| {
                 let mut object = Map::new();
                 if !scope.name.is_empty() {
                     object.insert("name".into(), json!(scope.name));
@@ -184,12 +181,12 @@ pub fn convert(request: &ExportTraceServiceRequest, options: &Options, received_
                     object.insert("version".into(), json!(scope.version));
                 }
                 if !scope.attributes.is_empty() {
-                    object.insert("attributes".into(), Value::Object(attributes_json(&scope.attributes)));
+                    object.insert("attributes".into(), Value::Object(attributes_json(scope.attributes)));
                 }
                 object
             });
             let context = SpanContext { resource: &resource_attributes, scope: scope.as_ref(), options, received_at };
-            for span in &scope_spans.spans {
+            for span in scope_spans.spans {
                 match map_span(span, &context) {
                     Ok(mapped) => {
                         let summary = summaries.entry(mapped.trace_id.clone()).or_insert_with(|| {
@@ -262,7 +259,7 @@ struct MappedSpan {
     fields: SpanFields,
 }
 
-fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection> {
+fn map_span(mut span: Span, context: &SpanContext) -> Result<MappedSpan, Rejection> {
     let trace_id = id_hex(&span.trace_id, 16, "trace_id");
     let span_id = id_hex(&span.span_id, 8, "span_id");
     let (trace_id, span_id) = match (trace_id, span_id) {
@@ -282,15 +279,15 @@ fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection>
     let started_at = nanos_to_micros(span.start_time_unix_nano, "start_time_unix_nano").map_err(reject)?;
     let ended_at = nanos_to_micros(span.end_time_unix_nano, "end_time_unix_nano").map_err(reject)?;
 
-    let mut metadata = attributes_json(&span.attributes);
+    let mut metadata = attributes_json(std::mem::take(&mut span.attributes));
     let span_type = span_type(&metadata);
     let agent = agent_id(&metadata, context.resource, &context.options.agent_attributes);
     let llm_cost = if span_type == "llm" { llm_cost(&metadata) } else { None };
     let input_text = take_text(&mut metadata, &INPUT_ATTRIBUTES);
     let output_text = take_text(&mut metadata, &OUTPUT_ATTRIBUTES);
-    let error = error_text(span);
+    let error = error_text(&span);
 
-    insert_otel_fields(&mut metadata, span, context);
+    insert_otel_fields(&mut metadata, &span, context);
     if let Some(llm_cost) = llm_cost {
         metadata.insert("llm_cost".into(), llm_cost);
     }
@@ -299,10 +296,12 @@ fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection>
     check_size("name", &span.name, limits).map_err(reject)?;
     for (field, text) in [("input_text", &input_text), ("output_text", &output_text), ("error", &error)] {
         if let Some((attribute, text)) = text {
-            check_size(&format!("{field} ({attribute})"), text, limits).map_err(reject)?;
+            if text.len() > limits.max_text_bytes {
+                return Err(reject(size_error(&format!("{field} ({attribute})"), text, limits)));
+            }
         }
     }
-    let metadata_size = serde_json::to_vec(&metadata).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+    let metadata_size = json_size(&metadata);
     if metadata_size > limits.max_text_bytes {
         return Err(reject(format!(
             "its attributes are {metadata_size} bytes as JSON metadata, more than the limit of {} bytes",
@@ -313,7 +312,7 @@ fn map_span(span: &Span, context: &SpanContext) -> Result<MappedSpan, Rejection>
     let fields = SpanFields {
         trace_id: Some(trace_id.clone()),
         parent_id: Some(parent_id),
-        name: Some(span.name.clone()),
+        name: Some(span.name),
         span_type: Some(span_type.to_string()),
         started_at: Some(started_at.unwrap_or(context.received_at)),
         ended_at,
@@ -348,7 +347,7 @@ fn insert_otel_fields(metadata: &mut Map<String, Value>, span: &Span, context: &
             .iter()
             .map(|event| {
                 json!({"name": event.name, "time_unix_nano": event.time_unix_nano,
-                    "attributes": attributes_json(&event.attributes)})
+                    "attributes": attributes_json(event.attributes.clone())})
             })
             .collect();
         metadata.insert("otel.events".into(), Value::Array(events));
@@ -359,7 +358,7 @@ fn insert_otel_fields(metadata: &mut Map<String, Value>, span: &Span, context: &
             .iter()
             .map(|link| {
                 json!({"trace_id": hex::encode(&link.trace_id), "span_id": hex::encode(&link.span_id),
-                    "attributes": attributes_json(&link.attributes)})
+                    "attributes": attributes_json(link.attributes.clone())})
             })
             .collect();
         metadata.insert("otel.links".into(), Value::Array(links));
@@ -391,16 +390,39 @@ fn nanos_to_micros(nanos: u64, field: &str) -> Result<Option<i64>, String> {
 
 fn check_size(field: &str, text: &str, limits: Limits) -> Result<(), String> {
     if text.len() > limits.max_text_bytes {
-        return Err(format!("its {field} is {} bytes, more than the limit of {} bytes", text.len(), limits.max_text_bytes));
+        return Err(size_error(field, text, limits));
     }
     Ok(())
 }
 
+fn size_error(field: &str, text: &str, limits: Limits) -> String {
+    format!("its {field} is {} bytes, more than the limit of {} bytes", text.len(), limits.max_text_bytes)
+}
+
+/// Returns the length of a value's JSON without keeping the JSON.
+fn json_size(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Converts attributes to a JSON object, the later of two equal keys winning.
-pub fn attributes_json(attributes: &[KeyValue]) -> Map<String, Value> {
+pub fn attributes_json(attributes: Vec<KeyValue>) -> Map<String, Value> {
     attributes
-        .iter()
-        .map(|attribute| (attribute.key.clone(), attribute.value.as_ref().map_or(Value::Null, any_value_json)))
+        .into_iter()
+        .map(|attribute| (attribute.key, attribute.value.map_or(Value::Null, any_value_json)))
         .collect()
 }
 
@@ -409,20 +431,20 @@ pub fn attributes_json(attributes: &[KeyValue]) -> Map<String, Value> {
 /// `"-Infinity"` when not finite). Arrays become lists, key-value lists
 /// objects, bytes a standard base64 string, and a value with nothing set
 /// `null`.
-pub fn any_value_json(value: &AnyValue) -> Value {
-    match &value.value {
+pub fn any_value_json(value: AnyValue) -> Value {
+    match value.value {
         None => Value::Null,
-        Some(OtlpValue::StringValue(text)) => Value::String(text.clone()),
-        Some(OtlpValue::BoolValue(flag)) => Value::Bool(*flag),
+        Some(OtlpValue::StringValue(text)) => Value::String(text),
+        Some(OtlpValue::BoolValue(flag)) => Value::Bool(flag),
         Some(OtlpValue::IntValue(number)) => json!(number),
-        Some(OtlpValue::DoubleValue(number)) => match serde_json::Number::from_f64(*number) {
+        Some(OtlpValue::DoubleValue(number)) => match serde_json::Number::from_f64(number) {
             Some(number) => Value::Number(number),
             None if number.is_nan() => json!("NaN"),
-            None if *number > 0.0 => json!("Infinity"),
+            None if number > 0.0 => json!("Infinity"),
             None => json!("-Infinity"),
         },
-        Some(OtlpValue::ArrayValue(array)) => Value::Array(array.values.iter().map(any_value_json).collect()),
-        Some(OtlpValue::KvlistValue(list)) => Value::Object(attributes_json(&list.values)),
+        Some(OtlpValue::ArrayValue(array)) => Value::Array(array.values.into_iter().map(any_value_json).collect()),
+        Some(OtlpValue::KvlistValue(list)) => Value::Object(attributes_json(list.values)),
         Some(OtlpValue::BytesValue(bytes)) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
         // An index into a string table, which trace exports do not carry.
         Some(OtlpValue::StringValueStrindex(index)) => json!({ "string_index": index }),
@@ -486,7 +508,7 @@ fn error_text(span: &Span) -> Option<(String, String)> {
         return Some(("status.message".into(), status.message.clone()));
     }
     let exception = span.events.iter().find(|event| event.name == "exception").map(|event| {
-        let attributes = attributes_json(&event.attributes);
+        let attributes = attributes_json(event.attributes.clone());
         let text = |key: &str| attributes.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
         let (kind, message) = (text("exception.type"), text("exception.message"));
         match (kind.is_empty(), message.is_empty()) {

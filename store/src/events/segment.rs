@@ -158,22 +158,35 @@ fn build_schema() -> SchemaRef {
     ]))
 }
 
-/// Builds the typed columns of `rows`, computing them from the JSON state of
-/// rows that carry none.
-fn typed_columns(rows: &[SegmentRow]) -> Result<Vec<ArrayRef>, StoreError> {
-    let computed: Vec<Option<Typed>> = rows
-        .iter()
-        .map(|row| match row.typed {
-            Some(_) => Ok(None),
-            None => Typed::of_json(row.kind, &row.state).map(Some),
-        })
-        .collect::<Result<_, _>>()?;
-    let typed: Vec<&Typed> = rows.iter().zip(&computed).map(|(row, own)| row.typed.as_ref().or(own.as_ref()).expect("typed")).collect();
+/// The key columns of one row, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RowKeys<'a> {
+    pub organization_id: &'a str,
+    pub kind: &'static str,
+    pub id: &'a str,
+    pub trace_id: Option<&'a str>,
+    pub seq: u64,
+}
+
+impl<'a> RowKeys<'a> {
+    fn of(row: &'a SegmentRow) -> Self {
+        RowKeys {
+            organization_id: &row.organization_id,
+            kind: row.kind,
+            id: &row.id,
+            trace_id: row.trace_id.as_deref(),
+            seq: row.seq,
+        }
+    }
+}
+
+/// Builds the `key_hash` column and the typed columns of rows.
+fn typed_columns(keys: &[RowKeys<'_>], typed: &[&Typed]) -> Vec<ArrayRef> {
     let text = |get: fn(&Typed) -> Option<&str>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<StringArray>()) };
     let int = |get: fn(&Typed) -> Option<i64>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<Int64Array>()) };
     let flag = |get: fn(&Typed) -> Option<bool>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<BooleanArray>()) };
-    Ok(vec![
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| key_hash(&r.organization_id, r.kind, &r.id)))),
+    vec![
+        Arc::new(UInt64Array::from_iter_values(keys.iter().map(|k| key_hash(k.organization_id, k.kind, k.id)))),
         text(|t| t.name.as_deref()),
         text(|t| t.agent_id.as_deref()),
         int(|t| t.started_at),
@@ -193,7 +206,7 @@ fn typed_columns(rows: &[SegmentRow]) -> Result<Vec<ArrayRef>, StoreError> {
         int(|t| t.cost_nanos),
         int(|t| t.usage_at),
         text(|t| t.span_id.as_deref()),
-    ])
+    ]
 }
 
 /// Rows per Arrow batch handed to the Parquet writer: small enough that the
@@ -292,17 +305,35 @@ impl SegmentWriter {
         self.writer.flush().map_err(StoreError::internal)
     }
 
-    /// Appends rows in the order given.
+    /// Appends rows in the order given, computing the typed columns from
+    /// the JSON state of rows that carry none.
     pub fn write_sorted(&mut self, rows: &[SegmentRow]) -> Result<(), StoreError> {
+        let computed: Vec<Option<Typed>> = rows
+            .iter()
+            .map(|row| match row.typed {
+                Some(_) => Ok(None),
+                None => Typed::of_json(row.kind, &row.state).map(Some),
+            })
+            .collect::<Result<_, _>>()?;
+        let typed: Vec<&Typed> =
+            rows.iter().zip(&computed).map(|(row, own)| row.typed.as_ref().or(own.as_ref()).expect("typed")).collect();
+        let keys: Vec<RowKeys> = rows.iter().map(RowKeys::of).collect();
+        let states = StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()));
+        self.write_parts(&keys, states, &typed)
+    }
+
+    /// Appends rows in the order given: their key columns, their JSON states
+    /// and their typed columns, all of one length.
+    pub fn write_parts(&mut self, keys: &[RowKeys<'_>], states: StringArray, typed: &[&Typed]) -> Result<(), StoreError> {
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.organization_id.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()))),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.trace_id.as_deref()))),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seq))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()))),
+            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.organization_id))),
+            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.kind))),
+            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.id))),
+            Arc::new(StringArray::from_iter(keys.iter().map(|k| k.trace_id))),
+            Arc::new(UInt64Array::from_iter_values(keys.iter().map(|k| k.seq))),
+            Arc::new(states),
         ];
-        columns.extend(typed_columns(rows)?);
+        columns.extend(typed_columns(keys, typed));
         let batch = RecordBatch::try_new(schema(), columns).map_err(StoreError::internal)?;
         self.write_batch(&batch)
     }

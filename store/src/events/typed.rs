@@ -109,12 +109,12 @@ pub fn key_hash(organization_id: &str, kind: &str, id: &str) -> u64 {
 
 impl Typed {
     pub fn of_trace(state: &TraceState) -> Typed {
-        let f = state.resolve();
+        let f = state.resolved();
         Typed {
             has_error: Some(non_empty(&f.error)),
             meta: Some(meta_column(f.metadata.as_ref().unwrap_or(&Map::new()))),
-            name: f.name,
-            agent_id: f.agent_id,
+            name: f.name.clone(),
+            agent_id: f.agent_id.clone(),
             started_at: f.started_at,
             ended_at: f.ended_at,
             first_seen: Some(state.first_seen),
@@ -123,7 +123,7 @@ impl Typed {
     }
 
     pub fn of_span(state: &SpanState) -> Typed {
-        let f = state.resolve();
+        let f = state.resolved();
         let empty = Map::new();
         let metadata = f.metadata.as_ref().unwrap_or(&empty);
         let mut typed = Typed {
@@ -134,6 +134,7 @@ impl Typed {
             first_seen: Some(state.first_seen),
             agent_id: metadata.get("agent_id").and_then(Value::as_str).map(str::to_string),
             has_usage: Some(false),
+            span_type: f.span_type.clone(),
             ..Typed::default()
         };
         match f.span_type.as_deref() {
@@ -152,16 +153,15 @@ impl Typed {
             }
             _ => {}
         }
-        typed.span_type = f.span_type;
         typed
     }
 
     pub fn of_usage(state: &UsageState) -> Typed {
-        let f = state.resolve();
+        let f = state.resolved();
         Typed {
             has_usage: Some(true),
-            agent_id: f.agent_id,
-            model: f.model,
+            agent_id: f.agent_id.clone(),
+            model: f.model.clone(),
             input_tokens: Some(f.input_tokens.unwrap_or(0)),
             output_tokens: Some(f.output_tokens.unwrap_or(0)),
             cached_tokens: Some(f.cached_tokens.unwrap_or(0)),
@@ -169,7 +169,7 @@ impl Typed {
             cost_nanos: f.cost_nanos,
             usage_at: Some(f.timestamp.unwrap_or(state.first_seen)),
             first_seen: Some(state.first_seen),
-            span_id: f.span_id,
+            span_id: f.span_id.clone(),
             ..Typed::default()
         }
     }
