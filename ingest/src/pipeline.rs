@@ -130,8 +130,7 @@ impl Ingestor {
             self.wake_flusher.notify_one();
             return Err(IngestError::Overloaded { reason: "the event buffer is full", retry_after_secs: 1 });
         }
-        let mut record = Vec::with_capacity(batch.json_size_hint());
-        serde_json::to_writer(&mut record, &batch).map_err(|err| IngestError::Log(err.to_string()))?;
+        let record = batch.to_log_record().map_err(IngestError::Log)?;
         let wal = self.wal.clone();
         let store = self.store.clone();
         let task = tokio::spawn(async move {

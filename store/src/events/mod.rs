@@ -1320,12 +1320,14 @@ impl<'a> BufferedObject<'a> {
         }
     }
 
-    /// Appends the object's state as JSON.
+    /// Appends the object's state as JSON, with sonic-rs: its vectorized
+    /// string escaping is several times faster than serde_json's on the long
+    /// texts of spans, and escaping took a tenth of the CPU under OTLP load.
     fn write_state(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         match self.state {
-            Buffered::Trace(state) => serde_json::to_writer(out, state),
-            Buffered::Span(state) => serde_json::to_writer(out, state),
-            Buffered::Usage(state) => serde_json::to_writer(out, state),
+            Buffered::Trace(state) => sonic_rs::to_writer(out, state),
+            Buffered::Span(state) => sonic_rs::to_writer(out, state),
+            Buffered::Usage(state) => sonic_rs::to_writer(out, state),
         }
         .map_err(StoreError::internal)
     }
