@@ -559,7 +559,14 @@ impl EventStore {
         };
 
         if let Some(tier) = &self.clickhouse {
-            let inserted = match generation_rows(&generation) {
+            // Serializing tens of thousands of states would hold up the
+            // requests on this async worker for a tenth of a second.
+            let shared = generation.clone();
+            let rows = tokio::task::spawn_blocking(move || generation_rows(&shared))
+                .await
+                .map_err(StoreError::internal)
+                .and_then(|rows| rows);
+            let inserted = match rows {
                 Ok(rows) => tier.insert(&rows, &applied, self.next_version()).await.map(|()| rows.len()),
                 Err(err) => Err(err),
             };
@@ -1350,7 +1357,8 @@ impl<'a> BufferedObject<'a> {
         }
     }
 
-    /// Returns the segment row of this object, its state serialized as JSON.
+    /// Returns the row of this object for ClickHouse, its state serialized
+    /// as JSON. ClickHouse stores no typed columns, so none are computed.
     fn row(&self) -> Result<SegmentRow, StoreError> {
         let mut state = Vec::new();
         self.write_state(&mut state)?;
@@ -1362,7 +1370,7 @@ impl<'a> BufferedObject<'a> {
             seq: self.seq(),
             // serde_json writes UTF-8 only.
             state: String::from_utf8(state).map_err(StoreError::internal)?,
-            typed: Some(self.typed()),
+            typed: None,
         })
     }
 }
@@ -1458,7 +1466,7 @@ fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &
     writer.finish()
 }
 
-/// Returns the segment rows of every object of a generation, unordered.
+/// Returns the ClickHouse rows of every object of a generation, unordered.
 fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreError> {
     generation_objects(generation).iter().map(BufferedObject::row).collect()
 }

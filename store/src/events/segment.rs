@@ -253,6 +253,7 @@ impl SegmentWriter {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(StoreError::internal)?))
             .set_max_row_group_row_count(Some(64 * 1024))
+            .set_write_batch_size(256)
             // Bloom filters only where point reads filter: on the JSON states they
             // would cost flush time and space and never prune anything.
             .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
