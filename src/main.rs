@@ -22,16 +22,19 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-/// Has mimalloc return freed pages to the system 100 ms after they are
-/// freed rather than 1 s, its default, unless `MIMALLOC_PURGE_DELAY` sets
-/// another delay. Under harness load the server frees request and flush
-/// buffers on every thread all the time. With the 1 s delay, the pages freed
-/// in the last second stayed resident: 484 to 517 MiB up to 3.5 million
-/// rows, against 205 to 374 MiB with no delay. But with no delay, every
-/// buffer that a flush grows faults its pages in again, and OTLP ingest lost
-/// a quarter of its rate: 55,676 spans/s against 72,532 at 100 ms, which
-/// kept the harness at 305 MiB in a 60 s run (BENCHMARKS.md).
-fn purge_freed_memory_soon() {
+/// Has mimalloc return freed pages to the system at once rather than 1 s
+/// later, its default, unless `MIMALLOC_PURGE_DELAY` sets another delay.
+/// Under harness load the server frees request and flush buffers on every
+/// thread all the time. With the 1 s delay, the pages freed in the last
+/// second stayed resident: 484 to 517 MiB up to 3.5 million rows, against
+/// 205 to 374 MiB with no delay. A 100 ms delay still reached 515 MiB on the
+/// way to 10 million spans, over the 512 MiB the harness may use.
+///
+/// The delay costs OTLP ingest, whose flushes grow large buffers and fault
+/// their pages in again: 55,676 spans/s with no delay against 72,532 at
+/// 100 ms (BENCHMARKS.md). Deployments that take mostly OTLP may set
+/// `MIMALLOC_PURGE_DELAY=100`.
+fn purge_freed_memory_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
@@ -39,7 +42,7 @@ fn purge_freed_memory_soon() {
     // crate has no constant for it.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: mi_option_set only stores the value of a valid option.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 100) };
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
 }
 
 #[tokio::main]
@@ -49,7 +52,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(settings) => {
             bedrock::init_logging(settings.log_format, &settings.log);
             disable_transparent_huge_pages();
-            purge_freed_memory_soon();
+            purge_freed_memory_at_once();
             serve(settings).await
         }
         Command::Migrate(storage) => {

@@ -1417,16 +1417,16 @@ fn generation_objects(generation: &Generation) -> Vec<BufferedObject<'_>> {
     objects
 }
 
-/// Bytes of JSON states that one Arrow batch of a flush holds at most, far
-/// below the 2 GiB that the batch's 32-bit offsets can address.
+/// The most bytes of JSON states in one Arrow batch of a flush, far below
+/// the 2 GiB that the batch's 32-bit offsets can address.
 const WRITE_CHUNK_STATE_BYTES: usize = 64 << 20;
 
 /// Writes a generation to segment `number`, serializing the states of one
 /// chunk of rows at a time, so the flush never keeps every state as JSON.
 /// The states of a chunk go straight into the one buffer of its Arrow
-/// column, sized from the chunk before, and the rest is borrowed from the
-/// buffered objects: a string per row, grown as it was written and copied
-/// again into the column, cost a fifth of the flush.
+/// column, sized from the chunk before. The rest is borrowed from the
+/// buffered objects. A string per row, grown as it was written and then
+/// copied into the column, cost a fifth of the flush.
 fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
     let mut objects = generation_objects(generation);
     objects.sort_unstable_by(|a, b| {
