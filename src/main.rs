@@ -27,7 +27,7 @@ fn disable_transparent_huge_pages() {
 /// Under harness load the server frees request and flush buffers on every
 /// thread all the time. With the 1 s delay, the pages freed in the last
 /// second stayed resident: 484 to 517 MiB up to 3.5 million rows, against
-/// 205 to 374 MiB with no delay. A 100 ms delay still reached 515 MiB on the
+/// 205 to 374 MiB with no delay. A 100 ms delay still reached 538 MiB on the
 /// way to 10 million spans, over the 512 MiB the harness may use.
 ///
 /// The delay costs OTLP ingest, whose flushes grow large buffers and fault
