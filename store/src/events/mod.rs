@@ -1368,7 +1368,7 @@ impl<'a> BufferedObject<'a> {
             id: self.id.to_string(),
             trace_id: self.trace_id.map(str::to_string),
             seq: self.seq(),
-            // serde_json writes UTF-8 only.
+            // sonic-rs writes UTF-8 only.
             state: String::from_utf8(state).map_err(StoreError::internal)?,
             typed: None,
         })
