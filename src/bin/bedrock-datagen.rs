@@ -318,7 +318,7 @@ impl Sink {
             Sink::Segments(writer) => writer.write(rows)?,
             Sink::ClickHouse { tier, inserts } => {
                 *inserts += 1;
-                tier.insert(&rows, &Applied::default(), *inserts).await?;
+                tier.insert(rows, &Applied::default(), *inserts).await?;
             }
         }
         Ok(())

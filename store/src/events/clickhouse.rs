@@ -145,19 +145,20 @@ impl ClickHouseTier {
         }
     }
 
-    /// Inserts the rows of one flush with its marker, as one block.
-    pub async fn insert(&self, rows: &[SegmentRow], applied: &Applied, version: u64) -> Result<(), StoreError> {
+    /// Inserts the rows of one flush with its marker, as one block. The rows
+    /// move into the insert, so their states are not copied once more.
+    pub async fn insert(&self, rows: Vec<SegmentRow>, applied: &Applied, version: u64) -> Result<(), StoreError> {
         let mut insert = self.client.insert::<EventRow>("events").await.map_err(unavailable)?;
         for row in rows {
             let event = EventRow {
-                organization_id: row.organization_id.clone(),
+                organization_id: row.organization_id,
                 kind: row.kind.to_string(),
-                id: row.id.clone(),
-                trace_id: row.trace_id.clone().unwrap_or_default(),
+                id: row.id,
+                trace_id: row.trace_id.unwrap_or_default(),
                 instance: self.instance.clone(),
                 version,
                 seq: row.seq,
-                state: row.state.clone(),
+                state: row.state,
             };
             insert.write(&event).await.map_err(unavailable)?;
         }

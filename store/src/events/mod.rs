@@ -567,7 +567,10 @@ impl EventStore {
                 .map_err(StoreError::internal)
                 .and_then(|rows| rows);
             let inserted = match rows {
-                Ok(rows) => tier.insert(&rows, &applied, self.next_version()).await.map(|()| rows.len()),
+                Ok(rows) => {
+                    let count = rows.len();
+                    tier.insert(rows, &applied, self.next_version()).await.map(|()| count)
+                }
                 Err(err) => Err(err),
             };
             let _files = self.files.write().await;
@@ -1200,13 +1203,14 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
     Ok(())
 }
 
-/// Puts a generation that failed to flush back in front of newer writes,
-/// so nothing is lost and the next flush retries it.
 /// Records in the buffer which keys of `write`, about to be applied, no
 /// segment and no older generation contains (see [`Born`]).
 fn note_born(inner: &mut Inner, organization_id: &str, write: &Write) {
-    let Inner { buffer, flushing, recent, segments, .. } = inner;
-    let older = [recent.as_ref().map(|(_, g)| &**g), flushing.as_deref()];
+    let Inner { buffer, flushing, segments, .. } = inner;
+    // The recent generation is not looked up: its segment is already among
+    // `segments`, whose filters hold each of its keys, so the answer is the
+    // same, and most keys are new and would miss it anyway.
+    let older = [flushing.as_deref()];
     let unseen_object = |kind: &'static str, id: &str, seen: &dyn Fn(&Generation) -> bool| {
         !seen(buffer) && !older.iter().flatten().any(|g| seen(g)) && {
             let probe = bloom::Probe::of(&[organization_id, kind, id]);
@@ -1294,6 +1298,8 @@ fn trace_spans_in_memory(
     Some(by_trace)
 }
 
+/// Puts a generation that failed to flush back in front of newer writes,
+/// so nothing is lost and the next flush retries it.
 fn restore_generation(inner: &mut Inner, generation: Arc<Generation>) {
     let newer = std::mem::take(&mut inner.buffer);
     let mut restored = Arc::try_unwrap(generation).unwrap_or_else(|shared| clone_generation(&shared));
