@@ -1208,7 +1208,7 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
 fn note_born(inner: &mut Inner, organization_id: &str, write: &Write) {
     let Inner { buffer, flushing, segments, .. } = inner;
     // The recent generation is not looked up: its segment is already among
-    // `segments`, whose filters hold each of its keys, so the answer is the
+    // `segments`, whose filters hold each of its keys, so the result is the
     // same, and most keys are new and would miss it anyway.
     let older = [flushing.as_deref()];
     let unseen_object = |kind: &'static str, id: &str, seen: &dyn Fn(&Generation) -> bool| {
@@ -1423,7 +1423,7 @@ fn generation_objects(generation: &Generation) -> Vec<BufferedObject<'_>> {
     objects
 }
 
-/// The most bytes of JSON states in one Arrow batch of a flush, far below
+/// Maximum bytes of JSON states in one Arrow batch of a flush, far below
 /// the 2 GiB that the batch's 32-bit offsets can address.
 const WRITE_CHUNK_STATE_BYTES: usize = 64 << 20;
 
