@@ -146,7 +146,7 @@ impl ClickHouseTier {
     }
 
     /// Inserts the rows of one flush with its marker, as one block. The rows
-    /// move into the insert, so their states are not copied once more.
+    /// are moved into the insert, so their states are not copied.
     pub async fn insert(&self, rows: Vec<SegmentRow>, applied: &Applied, version: u64) -> Result<(), StoreError> {
         let mut insert = self.client.insert::<EventRow>("events").await.map_err(unavailable)?;
         for row in rows {

@@ -39,9 +39,10 @@ use crate::StoreError;
 
 type Key = (String, String);
 
-/// The hasher of the buffer's maps, which every write probes several times:
-/// SipHash, the standard one, took 3% of the server's CPU under OTLP load.
-/// foldhash's per-map random seeds still keep crafted ids from colliding.
+/// Hasher of the buffer's maps, which every write probes several times.
+/// SipHash took 3% of the server's CPU under OTLP load.
+/// NOTE: foldhash is not as resistant to crafted colliding ids as SipHash.
+/// Its random per-map seeds only make such ids harder to find.
 type FastHasher = foldhash::fast::RandomState;
 type FastMap<K, V> = HashMap<K, V, FastHasher>;
 type FastSet<K> = HashSet<K, FastHasher>;
@@ -559,8 +560,8 @@ impl EventStore {
         };
 
         if let Some(tier) = &self.clickhouse {
-            // Serializing tens of thousands of states would hold up the
-            // requests on this async worker for a tenth of a second.
+            // Serializing tens of thousands of states takes about a tenth of
+            // a second, so it runs off the async workers that serve requests.
             let shared = generation.clone();
             let rows = tokio::task::spawn_blocking(move || generation_rows(&shared))
                 .await
@@ -1207,9 +1208,8 @@ fn merge_rows(existing: &mut SegmentRow, newer: SegmentRow) -> Result<(), StoreE
 /// segment and no older generation contains (see [`Born`]).
 fn note_born(inner: &mut Inner, organization_id: &str, write: &Write) {
     let Inner { buffer, flushing, segments, .. } = inner;
-    // The recent generation is not looked up: its segment is already among
-    // `segments`, whose filters hold each of its keys, so the result is the
-    // same, and most keys are new and would miss it anyway.
+    // The recent generation is skipped because its segment is already in
+    // `segments`, whose Bloom filters contain all of its keys.
     let older = [flushing.as_deref()];
     let unseen_object = |kind: &'static str, id: &str, seen: &dyn Fn(&Generation) -> bool| {
         !seen(buffer) && !older.iter().flatten().any(|g| seen(g)) && {
@@ -1298,8 +1298,8 @@ fn trace_spans_in_memory(
     Some(by_trace)
 }
 
-/// Puts a generation that failed to flush back in front of newer writes,
-/// so nothing is lost and the next flush retries it.
+/// Merges a generation that failed to flush back into the buffer, under the
+/// newer writes, so the next flush retries it.
 fn restore_generation(inner: &mut Inner, generation: Arc<Generation>) {
     let newer = std::mem::take(&mut inner.buffer);
     let mut restored = Arc::try_unwrap(generation).unwrap_or_else(|shared| clone_generation(&shared));
@@ -1333,9 +1333,9 @@ impl<'a> BufferedObject<'a> {
         }
     }
 
-    /// Appends the object's state as JSON, with sonic-rs: its vectorized
-    /// string escaping is several times faster than serde_json's on the long
-    /// texts of spans, and escaping took a tenth of the CPU under OTLP load.
+    /// Appends the object's state as JSON. sonic-rs escapes strings with
+    /// vector instructions, and escaping with serde_json took a tenth of the
+    /// CPU under OTLP load.
     fn write_state(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         match self.state {
             Buffered::Trace(state) => sonic_rs::to_writer(out, state),
@@ -1430,9 +1430,8 @@ const WRITE_CHUNK_STATE_BYTES: usize = 64 << 20;
 /// Writes a generation to segment `number`, serializing the states of one
 /// chunk of rows at a time, so the flush never keeps every state as JSON.
 /// The states of a chunk go straight into the one buffer of its Arrow
-/// column, sized from the chunk before. The rest is borrowed from the
-/// buffered objects. A string per row, grown as it was written and then
-/// copied into the column, cost a fifth of the flush.
+/// column, sized from the chunk before, and the other columns borrow from
+/// the buffered objects, so no state is copied or grown twice.
 fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
     let mut objects = generation_objects(generation);
     objects.sort_unstable_by(|a, b| {
@@ -1449,8 +1448,8 @@ fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &
         let mut typed = Vec::with_capacity(offsets.capacity());
         for object in rest.iter().take(segment::WRITE_CHUNK_ROWS) {
             object.write_state(&mut states)?;
-            // Never over i32::MAX: the chunk ends at the first state past the
-            // bound, and one state is bounded by the request size.
+            // The chunk ends at the first state past the bound, so only a
+            // single state near 2 GiB could overflow, and try_from rejects it.
             offsets.push(i32::try_from(states.len()).map_err(StoreError::internal)?);
             typed.push(object.typed());
             if states.len() >= WRITE_CHUNK_STATE_BYTES {

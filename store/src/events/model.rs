@@ -55,9 +55,9 @@ pub struct TraceFields {
     pub metadata: Option<Map<String, Value>>,
 }
 
-/// Reads a field that is present, `null` included, as `Some`: serde reads a
-/// `null` as the outer `None` of a double option, which lost a root span's
-/// explicit null parent in log records and segment states.
+/// Deserializes a present field, `null` included, as `Some`. By default serde
+/// reads `null` as the outer `None` of a double option, which loses a root
+/// span's explicit null parent.
 fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -314,11 +314,9 @@ impl<F: Fields> Layered<F> {
         visible
     }
 
-    /// Returns the visible fields as [`Layered::resolve`] does, borrowing the
-    /// create layer when no update has set anything, as with most spans: the
-    /// flush reads every buffered object, and copying each one's texts and
-    /// metadata cost a tenth of it. A borrowed `metadata` may be `None`
-    /// where `resolve` gives an empty map.
+    /// Returns the visible fields as [`Layered::resolve`] does, but borrows
+    /// the create layer when no update has set anything, as with most spans.
+    /// A borrowed `metadata` may be `None` where `resolve` gives an empty map.
     pub fn resolved(&self) -> Cow<'_, F>
     where
         F: PartialEq,
@@ -358,16 +356,16 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Serializes the batch as its write-ahead log record: JSON, written by
-    /// sonic-rs, whose string escaping is several times faster than
-    /// serde_json's on long texts, into a buffer allocated once at about its
-    /// final size.
+    /// Serializes the batch as its write-ahead log record. The JSON is written
+    /// by sonic-rs, which escapes long texts with vector instructions, into a
+    /// buffer allocated once at about its final size.
     pub fn to_log_record(&self) -> Result<Vec<u8>, String> {
         let mut record = Vec::with_capacity(self.json_size_hint());
         sonic_rs::to_writer(&mut record, self).map_err(|err| err.to_string())?;
         Ok(record)
     }
 
+    /// Estimates the size of the batch as JSON.
     fn json_size_hint(&self) -> usize {
         let write_bytes = |write: &Write| match write {
             Write::Trace { id, fields, .. } => id.len() + fields.heap_bytes(),
@@ -386,7 +384,7 @@ mod tests {
     /// Log records and segment states are written by sonic-rs and read by
     /// serde_json, so every value must come back exactly as it went in.
     #[test]
-    fn sonic_rs_records_read_back_with_serde_json() {
+    fn sonic_rs_output_reads_back_equal() {
         let text = "quote \" backslash \\ tab \t newline \n nul \u{0} escape \u{1b} del \u{7f} \
                     line separator \u{2028} accents é ñ 日本 emoji 🦀 and a long tail "
             .repeat(40);
