@@ -47,6 +47,11 @@ type FastHasher = foldhash::fast::RandomState;
 type FastMap<K, V> = HashMap<K, V, FastHasher>;
 type FastSet<K> = HashSet<K, FastHasher>;
 
+/// The longest `IN` list by which segment scans prune files and row groups
+/// by their statistics: the most objects a list page shows. DataFusion 55
+/// prunes pages by lists of up to 20 values whatever this says.
+pub const MAX_PRUNING_IN_LIST: usize = 1000;
+
 /// Maximum rows that one compaction merges; larger runs stay as they are.
 pub const MAX_COMPACTION_ROWS: u64 = 5_000_000;
 
@@ -159,7 +164,7 @@ fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Resu
                 }
             }
             if complete.len() >= segment::WRITE_CHUNK_ROWS {
-                complete.sort_unstable_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
+                segment::sort_rows(&mut complete)?;
                 writer.write_sorted(&complete)?;
                 complete.clear();
             }
@@ -169,7 +174,7 @@ fn compact_files(paths: &[PathBuf], writer: &mut segment::SegmentWriter) -> Resu
     // Every group completes when the inputs are read as counted; this only
     // guards against a file that changed between the two passes.
     complete.extend(pending.into_values().flat_map(HashMap::into_values));
-    complete.sort_unstable_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
+    segment::sort_rows(&mut complete)?;
     writer.write_sorted(&complete)
 }
 
@@ -426,6 +431,9 @@ impl EventStore {
         // the `state` pages containing its rows rather than the whole row group.
         config.options_mut().execution.parquet.pushdown_filters = true;
         config.options_mut().execution.parquet.reorder_filters = true;
+        // Row group statistics prune by `IN` lists of up to this many values
+        // (20 by default), so reading the objects of a whole list page prunes too.
+        config.options_mut().execution.parquet.max_in_list_size = MAX_PRUNING_IN_LIST;
         Ok(EventStore {
             dir: segments_dir,
             inner: Mutex::new(Inner {
@@ -1142,7 +1150,7 @@ impl EventStore {
 /// server's memory grow by 70 MiB as the data does.
 fn point_read_runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, StoreError> {
     datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_metadata_cache_limit(16 * 1024 * 1024)
+        .with_metadata_cache_limit(32 * 1024 * 1024)
         .with_file_statistics_cache_limit(4 * 1024 * 1024)
         .build_arc()
         .map_err(datafusion_error)
@@ -1353,6 +1361,15 @@ impl<'a> BufferedObject<'a> {
         }
     }
 
+    /// Reports whether the object's row is a usage record (see [`Typed`]).
+    fn has_usage(&self) -> bool {
+        match self.state {
+            Buffered::Trace(_) => false,
+            Buffered::Span(state) => Typed::span_has_usage(state),
+            Buffered::Usage(_) => true,
+        }
+    }
+
     fn keys(&self) -> segment::RowKeys<'a> {
         segment::RowKeys {
             organization_id: self.organization_id,
@@ -1433,10 +1450,12 @@ const WRITE_CHUNK_STATE_BYTES: usize = 64 << 20;
 /// column, sized from the chunk before, and the other columns borrow from
 /// the buffered objects, so no state is copied or grown twice.
 fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &Applied) -> Result<SegmentFile, StoreError> {
-    let mut objects = generation_objects(generation);
-    objects.sort_unstable_by(|a, b| {
-        (a.organization_id, a.kind, a.trace_id, a.id).cmp(&(b.organization_id, b.kind, b.trace_id, b.id))
+    // In the order of `segment::sort_key`.
+    let mut keyed: Vec<(bool, BufferedObject)> = generation_objects(generation).into_iter().map(|o| (o.has_usage(), o)).collect();
+    keyed.sort_unstable_by(|(a_usage, a), (b_usage, b)| {
+        (a.organization_id, a.kind, a_usage, a.trace_id, a.id).cmp(&(b.organization_id, b.kind, b_usage, b.trace_id, b.id))
     });
+    let objects: Vec<BufferedObject> = keyed.into_iter().map(|(_, object)| object).collect();
 
     let mut writer = segment::SegmentWriter::create(dir, number, number, applied, objects.len())?;
     let mut capacity = 0;

@@ -11,10 +11,15 @@
 //! `trace_id` (the span's or usage record's trace, or the trace's own id), `seq` (newest log sequence
 //! number merged in) and `state` (the [`Layered`](super::model::Layered)
 //! partial state as JSON), then the typed columns of [`Typed`]. A flush
-//! writes its rows sorted by organization, kind, trace and id, so page
-//! statistics prune the reads of one kind or one trace. Compaction writes
-//! the sorted runs of its inputs one after another, so a trace's rows lie in
-//! at most one range of pages per input.
+//! writes its rows sorted by [`sort_key`] (organization, kind, usage, trace
+//! and id), so page statistics prune the reads of one kind, of the usage
+//! records, or of one trace. Compaction writes the sorted runs of its inputs
+//! one after another, so a trace's rows lie in at most two ranges of pages
+//! per input (one with the usage records, one without).
+//!
+//! The pages of the columns that point reads select by (`id`, `trace_id`)
+//! and read (`state`) are small, so a read of a few objects decompresses
+//! little beyond their rows.
 //!
 //! The footer's key-value metadata records `bedrock.applied_through` and
 //! `bedrock.applied_extra`: the write-ahead log records whose effects the
@@ -214,10 +219,24 @@ fn typed_columns(keys: &[RowKeys<'_>], typed: &[&Typed]) -> Vec<ArrayRef> {
 pub const WRITE_CHUNK_ROWS: usize = 4096;
 
 /// Returns the key that orders the rows of a segment: organization, kind,
-/// trace and id. Page statistics then prune the reads of one kind (the trace
-/// list reads only trace rows) and, within it, of one trace.
-pub fn sort_key(row: &SegmentRow) -> (&str, &str, Option<&str>, &str) {
-    (row.organization_id.as_str(), row.kind, row.trace_id.as_deref(), row.id.as_str())
+/// whether the row is a usage record, trace and id. Page statistics then
+/// prune the reads of one kind (the trace list reads only trace rows), the
+/// spans without usage from the usage summaries, and within each run the
+/// rows of other traces. Rows whose typed columns are not computed yet sort
+/// as rows without usage: [`sort_rows`] computes them first.
+pub fn sort_key(row: &SegmentRow) -> (&str, &str, bool, Option<&str>, &str) {
+    let usage = row.typed.as_ref().is_some_and(|typed| typed.has_usage == Some(true));
+    (row.organization_id.as_str(), row.kind, usage, row.trace_id.as_deref(), row.id.as_str())
+}
+
+/// Computes the typed columns of the rows that carry none, then sorts the
+/// rows by [`sort_key`].
+pub fn sort_rows(rows: &mut [SegmentRow]) -> Result<(), StoreError> {
+    for row in rows.iter_mut().filter(|row| row.typed.is_none()) {
+        row.typed = Some(Typed::of_json(row.kind, &row.state)?);
+    }
+    rows.sort_unstable_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+    Ok(())
 }
 
 pub fn file_name(first: u64, last: u64) -> String {
@@ -229,6 +248,14 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     let (first, last) = stem.split_once('-')?;
     Some((first.parse().ok()?, last.parse().ok()?))
 }
+
+/// Page size of the `state` column: reading one object's state
+/// decompresses at most this much besides it.
+const STATE_PAGE_BYTES: usize = 64 * 1024;
+
+/// Page size of the `id` and `trace_id` columns: about 500 ids of 36
+/// characters, so 10 million rows give 20,000 pages to the page index.
+const KEY_PAGE_BYTES: usize = 16 * 1024;
 
 /// Writes a segment in parts, so compaction never holds all of its rows.
 pub struct SegmentWriter {
@@ -262,6 +289,14 @@ impl SegmentWriter {
             // and min and max of JSON text prune nothing.
             .set_column_dictionary_enabled(ColumnPath::from("state"), false)
             .set_column_statistics_enabled(ColumnPath::from("state"), EnabledStatistics::None)
+            .set_column_data_page_size_limit(ColumnPath::from("state"), STATE_PAGE_BYTES)
+            // Plain pages of a few hundred ids each, so the page index narrows
+            // a read of some objects or traces to their pages. A dictionary
+            // page would have to be read whole for any of them.
+            .set_column_dictionary_enabled(ColumnPath::from("id"), false)
+            .set_column_data_page_size_limit(ColumnPath::from("id"), KEY_PAGE_BYTES)
+            .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false)
+            .set_column_data_page_size_limit(ColumnPath::from("trace_id"), KEY_PAGE_BYTES)
             .set_column_dictionary_enabled(ColumnPath::from("meta"), false)
             .set_column_statistics_enabled(ColumnPath::from("meta"), EnabledStatistics::None)
             .set_column_dictionary_enabled(ColumnPath::from("key_hash"), false)
@@ -293,13 +328,13 @@ impl SegmentWriter {
         self.rows
     }
 
-    /// Appends rows, sorted here by organization, trace and id, and ends the
-    /// row group, so memory stays bounded by what one call passes.
+    /// Appends rows, sorted here by [`sort_key`], and ends the row group, so
+    /// memory stays bounded by what one call passes.
     pub fn write(&mut self, mut rows: Vec<SegmentRow>) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
-        rows.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        sort_rows(&mut rows)?;
         for chunk in rows.chunks(WRITE_CHUNK_ROWS) {
             self.write_sorted(chunk)?;
         }

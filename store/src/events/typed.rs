@@ -156,6 +156,13 @@ impl Typed {
         typed
     }
 
+    /// Reports whether a span's row is a usage record, as
+    /// [`Typed::of_span`] sets `has_usage`, without computing the rest.
+    pub fn span_has_usage(state: &SpanState) -> bool {
+        let f = state.resolved();
+        f.span_type.as_deref() == Some("llm") && f.metadata.as_ref().is_some_and(|metadata| llm_usage(metadata).is_some())
+    }
+
     pub fn of_usage(state: &UsageState) -> Typed {
         let f = state.resolved();
         Typed {
