@@ -26,6 +26,9 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::{col, lit, DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext};
 
+/// Bytes of segment footers and page indexes kept between queries.
+const METADATA_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Creates a session that reads segments as the event store writes them,
 /// with filters evaluated inside the Parquet decoder.
 pub fn session() -> SessionContext {
@@ -44,7 +47,23 @@ fn session_with_pushdown(pushdown: bool) -> SessionContext {
     config.options_mut().execution.parquet.schema_force_view_types = false;
     config.options_mut().execution.parquet.pushdown_filters = pushdown;
     config.options_mut().execution.parquet.reorder_filters = pushdown;
-    SessionContext::new_with_config(config)
+    config.options_mut().execution.parquet.max_in_list_size = bedrock_store::events::MAX_PRUNING_IN_LIST;
+    SessionContext::new_with_config_rt(config, runtime())
+}
+
+/// Returns the runtime that every session of this module shares, so the
+/// footers and page indexes of the segments are parsed once, not per query.
+fn runtime() -> Arc<datafusion::execution::runtime_env::RuntimeEnv> {
+    static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_metadata_cache_limit(METADATA_CACHE_BYTES)
+                .with_file_statistics_cache_limit(4 * 1024 * 1024)
+                .build_arc()
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 /// `keep(key_hash, id)`: false for the rows of the objects a scan merged

@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::expr::Like;
 use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
+use futures::StreamExt;
 use bedrock_store::events::typed::metadata_entry;
 use serde_json::Value;
 
@@ -51,6 +52,45 @@ impl SortField {
         }
     }
 
+    /// Appends the non-null values of `array`, the column's values, as keys
+    /// whose integer order is the values' order.
+    fn push_keys(self, array: &Arc<dyn Array>, keys: &mut Vec<i64>) -> Result<(), QueryError> {
+        match self {
+            SortField::DurationMs => {
+                let values = cast(array, &DataType::Float64)?;
+                let values = values.as_any().downcast_ref::<Float64Array>().ok_or_else(|| QueryError::Internal("duration".into()))?;
+                keys.extend(values.iter().flatten().map(float_key));
+            }
+            _ => {
+                let values = cast(array, &DataType::Int64)?;
+                let values = values.as_any().downcast_ref::<Int64Array>().ok_or_else(|| QueryError::Internal("sort value".into()))?;
+                keys.extend(values.iter().flatten());
+            }
+        }
+        Ok(())
+    }
+
+    /// Converts a key of [`SortField::push_keys`] back to a literal of the column's type.
+    fn key_literal(self, key: i64) -> Expr {
+        match self {
+            SortField::DurationMs => lit(f64::from_bits(float_key_bits(key))),
+            _ => lit(key),
+        }
+    }
+
+    /// Counts the keys that sort before the cursor's value or equal it: every
+    /// row before the cursor has one. A null value sorts after all keys.
+    fn keys_up_to(self, cursor: &TraceCursor, descending: bool, keys: &[i64]) -> usize {
+        let key = match self {
+            SortField::DurationMs => cursor.value.as_f64().map(float_key),
+            _ => cursor.value.as_i64(),
+        };
+        match key {
+            Some(key) => keys.iter().filter(|k| if descending { **k >= key } else { **k <= key }).count(),
+            None => keys.len(),
+        }
+    }
+
     /// Converts a cursor value to a literal of the column's type.
     fn literal(self, value: &Value) -> Option<Expr> {
         match self {
@@ -59,6 +99,17 @@ impl SortField {
             SortField::StartedAt | SortField::CostUsd => value.as_i64().map(lit),
         }
     }
+}
+
+/// Maps a float to an integer of the same order (IEEE 754 total order).
+fn float_key(value: f64) -> i64 {
+    let bits = value.to_bits() as i64;
+    bits ^ (((bits >> 63) as u64) >> 1) as i64
+}
+
+/// Inverts [`float_key`], which is its own inverse.
+fn float_key_bits(key: i64) -> u64 {
+    float_key(f64::from_bits(key as u64)) as u64
 }
 
 /// Filters of the trace list; every given filter must match.
@@ -169,14 +220,84 @@ fn after_cursor(field: SortField, descending: bool, cursor: &TraceCursor) -> Res
 /// Sorts `frame` by the sort column, then id, and keeps the page that
 /// `paging` selects plus one row, which tells whether more rows follow.
 fn page_of(frame: DataFrame, sort: (SortField, bool), paging: &Paging<'_>, limit: usize) -> Result<DataFrame, QueryError> {
+    let (frame, offset) = after_paging(frame, sort, paging)?;
+    sorted_page(frame, sort, offset, limit)
+}
+
+/// Applies a cursor's filter; returns the rows and the offset still to skip.
+fn after_paging(frame: DataFrame, sort: (SortField, bool), paging: &Paging<'_>) -> Result<(DataFrame, usize), QueryError> {
     let (field, descending) = sort;
-    let (frame, offset) = match paging {
+    Ok(match paging {
         Paging::Offset(offset) => (frame, *offset),
         Paging::After(Some(cursor)) => (frame.filter(after_cursor(field, descending, cursor)?)?, 0),
         Paging::After(None) => (frame, 0),
-    };
+    })
+}
+
+fn sorted_page(frame: DataFrame, sort: (SortField, bool), offset: usize, limit: usize) -> Result<DataFrame, QueryError> {
+    let (field, descending) = sort;
     let sorted = frame.sort(vec![col(field.column()).sort(!descending, false), col("id").sort(!descending, false)])?;
     Ok(sorted.limit(offset, Some(limit + 1))?)
+}
+
+/// Counts the rows and finds the page as [`page_of`] does.
+///
+/// With `filtered`, few rows are expected to match, so one scan reads the
+/// sort column and id of each, and the page is sorted from those.
+///
+/// Otherwise a first scan reads the sort column alone, counts the rows and
+/// selects the value of the page's last row. A second scan sorts by column
+/// and id only the rows up to that value, ties included, so it decodes few
+/// ids. (DataFusion's top-k took 66 ms for 333,000 trace rows in ascending
+/// order, the selection a few.) When the page reaches null values, the
+/// second scan sorts every row.
+async fn count_and_page(
+    frame: DataFrame,
+    sort: (SortField, bool),
+    paging: &Paging<'_>,
+    limit: usize,
+    filtered: bool,
+) -> Result<(usize, Vec<RecordBatch>), QueryError> {
+    let (field, descending) = sort;
+    let column = field.column();
+    if filtered {
+        let rows = frame.select_columns(&[column, "id"])?.collect().await?;
+        let count = rows.iter().map(RecordBatch::num_rows).sum();
+        let rows: Vec<RecordBatch> = rows.into_iter().filter(|batch| batch.num_rows() > 0).collect();
+        if rows.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let page = page_of(SessionContext::new().read_batches(rows)?, sort, paging, limit)?.collect().await?;
+        return Ok((count, page));
+    }
+    let mut values = frame.clone().select_columns(&[column])?.execute_stream().await?;
+    let mut count = 0;
+    let mut keys: Vec<i64> = Vec::new();
+    while let Some(batch) = values.next().await {
+        let batch = batch?;
+        count += batch.num_rows();
+        field.push_keys(batch.column(0), &mut keys)?;
+    }
+    let (frame, offset) = after_paging(frame, sort, paging)?;
+    // The keys include the rows before the cursor, so the page's last row
+    // is at most this far down their order.
+    let page_end = match paging {
+        Paging::After(Some(cursor)) => field.keys_up_to(cursor, descending, &keys) + limit + 1,
+        _ => offset + limit + 1,
+    };
+    let bounded = if page_end <= keys.len() {
+        let bound = if descending {
+            *keys.select_nth_unstable_by(page_end - 1, |a, b| b.cmp(a)).1
+        } else {
+            *keys.select_nth_unstable(page_end - 1).1
+        };
+        let bound = field.key_literal(bound);
+        frame.filter(if descending { col(column).gt_eq(bound) } else { col(column).lt_eq(bound) })?
+    } else {
+        frame
+    };
+    let page = sorted_page(bounded, sort, offset, limit)?.select_columns(&[column, "id"])?.collect().await?;
+    Ok((count, page))
 }
 
 fn cursor_value(field: SortField, column: &Arc<dyn Array>, row: usize) -> Result<Value, QueryError> {
@@ -275,11 +396,8 @@ impl TraceQueries {
         for (key, value) in &filter.metadata {
             frame = frame.filter(like("meta", format!("%{}%", like_literal(&metadata_entry(key, value)))))?;
         }
-        let count = frame.clone().count().await?;
-        let batches = page_of(frame, sort, paging, limit)?
-            .select_columns(&[field.column(), "id"])?
-            .collect()
-            .await?;
+        let filtered = !filter_exprs(filter).is_empty() || !filter.metadata.is_empty();
+        let (count, batches) = count_and_page(frame, sort, paging, limit, filtered).await?;
 
         let mut rows: Vec<(Value, String)> = Vec::new();
         for batch in &batches {
@@ -298,5 +416,34 @@ impl TraceQueries {
         let ids: Vec<&str> = rows.iter().map(|(_, id)| id.as_str()).collect();
         let results = self.typed_trace_summaries(&context, scan, organization_id, &ids).await?;
         Ok(Some((ListPage { count, results }, next)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_keys_keep_the_order_and_invert() {
+        let values = [f64::NEG_INFINITY, -1e300, -2.5, -0.0, 0.0, 1e-300, 0.001, 1.0, 86_400_000.5, 1e300, f64::INFINITY];
+        let keys: Vec<i64> = values.iter().map(|v| float_key(*v)).collect();
+        for pair in keys.windows(2) {
+            assert!(pair[0] < pair[1], "{keys:?}");
+        }
+        for value in values {
+            assert_eq!(f64::from_bits(float_key_bits(float_key(value))).to_bits(), value.to_bits());
+        }
+    }
+
+    #[test]
+    fn keys_up_to_cursor_count_ties() {
+        let keys = [5, 3, 3, 9, 1];
+        let cursor = |value: Value| TraceCursor { value, id: "t".into() };
+        assert_eq!(SortField::StartedAt.keys_up_to(&cursor(serde_json::json!(3)), true, &keys), 4);
+        assert_eq!(SortField::StartedAt.keys_up_to(&cursor(serde_json::json!(3)), false, &keys), 3);
+        assert_eq!(SortField::StartedAt.keys_up_to(&cursor(Value::Null), true, &keys), 5);
+        let durations: Vec<i64> = [0.5, 2.0, 2.0].iter().map(|v| float_key(*v)).collect();
+        assert_eq!(SortField::DurationMs.keys_up_to(&cursor(serde_json::json!(2.0)), false, &durations), 3);
+        assert_eq!(SortField::DurationMs.keys_up_to(&cursor(serde_json::json!(2.0)), true, &durations), 2);
     }
 }

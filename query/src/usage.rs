@@ -191,29 +191,54 @@ fn money_value(batch: &RecordBatch, name: &str, row: usize) -> Result<Money, Que
 
 /// Reads the totals of one summary row as JSON fields.
 fn totals_json(batch: &RecordBatch, row: usize) -> Result<Map<String, Value>, QueryError> {
+    let tokens = TOKEN_COLUMNS.map(|name| int_value(batch, name, row));
+    let [input, output, cached, reasoning, total] = tokens;
+    Ok(totals_of(
+        int_value(batch, "record_count", row)?,
+        [input?, output?, cached?, reasoning?, total?],
+        money_value(batch, "cost", row)?,
+        int_value(batch, "priced_count", row)?,
+    ))
+}
+
+const TOKEN_COLUMNS: [&str; 5] = ["input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"];
+
+/// Returns the JSON totals of `record_count` records, of which `priced_count` have a cost.
+fn totals_of(record_count: i64, tokens: [i64; 5], cost: Money, priced_count: i64) -> Map<String, Value> {
     let mut totals = Map::new();
-    let record_count = int_value(batch, "record_count", row)?;
     totals.insert("record_count".into(), json!(record_count));
-    for name in ["input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"] {
-        totals.insert(name.into(), json!(int_value(batch, name, row)?));
+    for (name, value) in TOKEN_COLUMNS.iter().zip(tokens) {
+        totals.insert((*name).into(), json!(value));
     }
-    let cost = money_value(batch, "cost", row)?;
     totals.insert("cost_usd".into(), cost.to_json());
     // JSON numbers pass through binary floating point in most clients; the
     // decimal string is exact to the nano-dollar.
     totals.insert("cost_usd_decimal".into(), json!(cost.to_decimal_string()));
-    totals.insert("unpriced_count".into(), json!(record_count - int_value(batch, "priced_count", row)?));
-    Ok(totals)
+    totals.insert("unpriced_count".into(), json!(record_count - priced_count));
+    totals
 }
 
 fn aggregates() -> Vec<Expr> {
     let mut exprs = vec![count(lit(1i64)).alias("record_count")];
-    for name in ["input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"] {
+    for name in TOKEN_COLUMNS {
         exprs.push(sum(col(name)).alias(name));
     }
     exprs.push(sum(col("cost")).alias("cost"));
     exprs.push(count(col("cost")).alias("priced_count"));
     exprs
+}
+
+/// Adds up the rows of [`aggregates`] into one, with the same columns.
+fn sums_of_groups() -> Vec<Expr> {
+    ["record_count", "cost", "priced_count"].into_iter().chain(TOKEN_COLUMNS).map(|name| sum(col(name)).alias(name)).collect()
+}
+
+/// Reads the totals of an ungrouped aggregate, which returns one row.
+fn single_row(batches: &[RecordBatch]) -> Result<Map<String, Value>, QueryError> {
+    match batches.iter().find(|b| b.num_rows() > 0) {
+        Some(batch) => totals_json(batch, 0),
+        None => Err(QueryError::Internal("an ungrouped aggregate returned no row".into())),
+    }
 }
 
 impl UsageQueries {
@@ -378,14 +403,9 @@ impl UsageQueries {
             }
         };
 
-        let totals = filtered.clone().aggregate(vec![], aggregates())?.collect().await?;
-        let totals = match totals.iter().find(|b| b.num_rows() > 0) {
-            Some(batch) => Value::Object(totals_json(batch, 0)?),
-            None => return Err(QueryError::Internal("an ungrouped aggregate returned no row".into())),
-        };
-        let mut summary = json!({ "totals": totals });
         if group_by.is_empty() {
-            return Ok(summary);
+            let totals = filtered.aggregate(vec![], aggregates())?.collect().await?;
+            return Ok(json!({ "totals": Value::Object(single_row(&totals)?) }));
         }
 
         let columns: Vec<(&str, &str)> = group_by
@@ -395,6 +415,15 @@ impl UsageQueries {
         let group_exprs: Vec<Expr> = columns.iter().map(|(_, column)| col(*column)).collect();
         let sort: Vec<_> = columns.iter().map(|(_, column)| col(*column).sort(true, true)).collect();
         let batches = filtered.aggregate(group_exprs, aggregates())?.sort(sort)?.collect().await?;
+        // The records are read once: the totals add up the groups, which is
+        // exact, since counts and tokens are integers and costs fixed-point.
+        let totals = if batches.iter().any(|batch| batch.num_rows() > 0) {
+            let grouped = SessionContext::new().read_batches(batches.iter().filter(|batch| batch.num_rows() > 0).cloned())?;
+            single_row(&grouped.aggregate(vec![], sums_of_groups())?.collect().await?)?
+        } else {
+            totals_of(0, [0; 5], Money(0), 0)
+        };
+        let mut summary = json!({ "totals": Value::Object(totals) });
         let mut groups = Vec::new();
         for batch in &batches {
             let keys: Vec<StringArray> = columns.iter().map(|(_, column)| group_column(batch, column)).collect::<Result<_, _>>()?;
