@@ -75,6 +75,12 @@ struct Settings {
     #[arg(long, default_value_t = 256)]
     text_bytes: usize,
 
+    /// Spread the traces' start times at random over the range, so every
+    /// segment contains traces of every day. By default later traces start
+    /// later, as on a live server, where each flush contains a short time.
+    #[arg(long)]
+    random_start_times: bool,
+
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -122,9 +128,18 @@ fn agent_tags(agent: u64) -> Vec<String> {
     ]
 }
 
-/// Start time of a trace, in microseconds.
-fn trace_start(rng: &mut StdRng, end: i64, days: u64) -> i64 {
-    end - rng.gen_range(0..(days.max(1) * 86_400_000_000) as i64)
+/// Start time of trace `index`, in microseconds: random within the range
+/// when `settings.random_start_times`, else random within the trace's own
+/// share of it, so later traces start later.
+fn trace_start(settings: &Settings, rng: &mut StdRng, index: u64, end: i64) -> i64 {
+    let range = (settings.days.max(1) * 86_400_000_000) as i64;
+    if settings.random_start_times {
+        return end - rng.gen_range(0..range);
+    }
+    let traces = settings.traces.max(1) as i64;
+    let share = (range / traces).max(1);
+    let slot_end = end - (range / traces) * (traces - 1 - index as i64);
+    slot_end - rng.gen_range(0..share)
 }
 
 /// Builds the writes of one trace, each with the time the server would have first seen it.
@@ -141,7 +156,7 @@ fn trace_writes(
     let eval = is_eval_agent(agent);
     let scenario = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
     let trace = trace_id(seed, index);
-    let start = trace_start(rng, end, settings.days);
+    let start = trace_start(settings, rng, index, end);
     let mut at = start;
     // Span 0 is the root, written last because it closes last.
     let mut next_span = 1;
