@@ -1150,7 +1150,7 @@ impl EventStore {
 /// server's memory grow by 70 MiB as the data does.
 fn point_read_runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, StoreError> {
     datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_metadata_cache_limit(32 * 1024 * 1024)
+        .with_metadata_cache_limit(16 * 1024 * 1024)
         .with_file_statistics_cache_limit(4 * 1024 * 1024)
         .build_arc()
         .map_err(datafusion_error)
