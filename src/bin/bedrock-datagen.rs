@@ -77,7 +77,7 @@ struct Settings {
 
     /// Spread the traces' start times at random over the range, so every
     /// segment contains traces of every day. By default later traces start
-    /// later, as on a live server, where each flush contains a short time.
+    /// later, as on a live server, where each flush covers a short time.
     #[arg(long)]
     random_start_times: bool,
 

@@ -48,8 +48,8 @@ type FastMap<K, V> = HashMap<K, V, FastHasher>;
 type FastSet<K> = HashSet<K, FastHasher>;
 
 /// The longest `IN` list by which segment scans prune files and row groups
-/// by their statistics: the most objects a list page shows. DataFusion 55
-/// prunes pages by lists of up to 20 values whatever this says.
+/// by their statistics: the max objects of a list page.
+/// NOTE: DataFusion 55 ignores this for page pruning, which stops at 20 values.
 pub const MAX_PRUNING_IN_LIST: usize = 1000;
 
 /// Maximum rows that one compaction merges; larger runs stay as they are.

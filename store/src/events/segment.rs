@@ -219,11 +219,9 @@ fn typed_columns(keys: &[RowKeys<'_>], typed: &[&Typed]) -> Vec<ArrayRef> {
 pub const WRITE_CHUNK_ROWS: usize = 4096;
 
 /// Returns the key that orders the rows of a segment: organization, kind,
-/// whether the row is a usage record, trace and id. Page statistics then
-/// prune the reads of one kind (the trace list reads only trace rows), the
-/// spans without usage from the usage summaries, and within each run the
-/// rows of other traces. Rows whose typed columns are not computed yet sort
-/// as rows without usage: [`sort_rows`] computes them first.
+/// whether the row is a usage record, trace and id, so statistics prune
+/// reads by kind, by usage and by trace. Rows without typed columns sort as
+/// rows without usage, so [`sort_rows`] computes those columns first.
 pub fn sort_key(row: &SegmentRow) -> (&str, &str, bool, Option<&str>, &str) {
     let usage = row.typed.as_ref().is_some_and(|typed| typed.has_usage == Some(true));
     (row.organization_id.as_str(), row.kind, usage, row.trace_id.as_deref(), row.id.as_str())
