@@ -191,11 +191,13 @@ fn money_value(batch: &RecordBatch, name: &str, row: usize) -> Result<Money, Que
 
 /// Reads the totals of one summary row as JSON fields.
 fn totals_json(batch: &RecordBatch, row: usize) -> Result<Map<String, Value>, QueryError> {
-    let tokens = TOKEN_COLUMNS.map(|name| int_value(batch, name, row));
-    let [input, output, cached, reasoning, total] = tokens;
+    let mut tokens = [0; 5];
+    for (slot, name) in tokens.iter_mut().zip(TOKEN_COLUMNS) {
+        *slot = int_value(batch, name, row)?;
+    }
     Ok(totals_of(
         int_value(batch, "record_count", row)?,
-        [input?, output?, cached?, reasoning?, total?],
+        tokens,
         money_value(batch, "cost", row)?,
         int_value(batch, "priced_count", row)?,
     ))
