@@ -189,7 +189,7 @@ async fn compare(typed: &(TraceQueries, UsageQueries), general: &(TraceQueries, 
         UsageFilter { trace: Some("t0007".into()), ..UsageFilter::default() },
         UsageFilter { start: Some(BASE + 12 * HOUR), end: Some(BASE + 50 * HOUR), ..UsageFilter::default() },
     ];
-    let groupings: [&[&str]; 5] = [&[], &["model", "day"], &["hour"], &["trace"], &["model"]];
+    let groupings: [&[&str]; 7] = [&[], &["model", "day"], &["day", "model"], &["hour"], &["trace"], &["trace", "hour"], &["model"]];
     for filter in &usage_filters {
         for group_by in groupings {
             let fast = typed.1.summary(ORGANIZATION, filter, group_by).await.unwrap();
@@ -268,4 +268,106 @@ async fn typed_plans_answer_as_the_general_plans() {
     while store.compact(2).await.unwrap() {}
     assert!(store.stats().segments < before, "compaction should merge segments");
     compare(&typed, &general, "compacted").await;
+}
+
+/// Rewrites a segment file as the previous format wrote it: the columns that
+/// are now dictionaries as plain text, with the same footer metadata.
+fn write_previous_format(path: &std::path::Path) {
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+
+    let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    let metadata = builder.metadata().file_metadata().key_value_metadata().cloned();
+    let plain = |field: &Arc<Field>| match field.data_type() {
+        DataType::Dictionary(_, _) => Field::new(field.name(), DataType::Utf8, field.is_nullable()),
+        _ => field.as_ref().clone(),
+    };
+    let schema = Arc::new(Schema::new(builder.schema().fields().iter().map(plain).collect::<Vec<_>>()));
+    assert_ne!(schema.as_ref(), builder.schema().as_ref(), "the current format should have dictionary columns");
+    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
+    let temporary = path.with_extension("previous");
+    let properties = WriterProperties::builder().set_key_value_metadata(metadata).build();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(&temporary).unwrap(), schema.clone(), Some(properties)).unwrap();
+    for batch in batches {
+        let columns = schema.fields().iter().zip(batch.columns()).map(|(field, column)| cast(column, field.data_type()).unwrap()).collect();
+        writer.write(&RecordBatch::try_new(schema.clone(), columns).unwrap()).unwrap();
+    }
+    writer.close().unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(segment_files(&path));
+        } else if path.extension().is_some_and(|extension| extension == "parquet") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn organization_column_type(path: &std::path::Path) -> datafusion::arrow::datatypes::DataType {
+    let builder =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    builder.schema().field_with_name("organization_id").unwrap().data_type().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_of_the_previous_format_are_rewritten_and_answer_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
+    control.migrate().await.unwrap();
+    control
+        .execute_admin(&format!("INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('{ORGANIZATION}', 'a', 0, 0)"))
+        .await
+        .unwrap();
+    let (store, typed, _general) = open(dir.path(), &control).await;
+    let mut rng = StdRng::seed_from_u64(11);
+    for n in 0..60 {
+        let writes = trace_writes(&mut rng, n);
+        store.apply(n as u64 + 1, &Batch { organization_id: ORGANIZATION.into(), received_at: BASE + n as i64, writes });
+        if n % 20 == 19 {
+            store.flush().await.unwrap();
+        }
+    }
+    store.flush().await.unwrap();
+    let grouping: &[&str] = &["model", "day"];
+    let summary = typed.1.summary(ORGANIZATION, &UsageFilter::default(), grouping).await.unwrap();
+    let listed = walk(&typed.0, &TraceFilter::default(), (SortField::StartedAt, true)).await;
+    drop((store, typed, _general));
+
+    let files = segment_files(&dir.path().join("events"));
+    assert!(files.len() >= 3, "the flushes should have written segments: {files:?}");
+    for file in &files {
+        write_previous_format(file);
+        assert_eq!(organization_column_type(file), datafusion::arrow::datatypes::DataType::Utf8);
+    }
+
+    let (_store, typed, general) = open(dir.path(), &control).await;
+    for file in segment_files(&dir.path().join("events")) {
+        assert!(
+            matches!(organization_column_type(&file), datafusion::arrow::datatypes::DataType::Dictionary(_, _)),
+            "{} should have been rewritten",
+            file.display()
+        );
+    }
+    assert_eq!(typed.1.summary(ORGANIZATION, &UsageFilter::default(), grouping).await.unwrap(), summary);
+    assert_eq!(walk(&typed.0, &TraceFilter::default(), (SortField::StartedAt, true)).await, listed);
+    compare_summaries(&typed, &general).await;
+}
+
+/// Compares the summaries of the typed and general plans for some filters.
+async fn compare_summaries(typed: &(TraceQueries, UsageQueries), general: &(TraceQueries, UsageQueries)) {
+    for group_by in [&["model", "day"][..], &["day", "model"], &["trace", "hour"], &[]] {
+        let fast = typed.1.summary(ORGANIZATION, &UsageFilter::default(), group_by).await.unwrap();
+        let slow = general.1.summary(ORGANIZATION, &UsageFilter::default(), group_by).await.unwrap();
+        assert_eq!(fast, slow, "usage summary by {group_by:?}");
+    }
 }

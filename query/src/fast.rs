@@ -12,12 +12,11 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use bedrock_store::events::pricing::{cost_of, PriceBook};
 use bedrock_store::events::typed::{key_hash, Typed};
 use bedrock_store::events::segment::{self, KIND_SPAN, KIND_TRACE, KIND_USAGE};
 use bedrock_store::events::FastScan;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -162,7 +161,7 @@ fn trace_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("name", DataType::Utf8, true),
-        Field::new("agent_id", DataType::Utf8, true),
+        Field::new("agent_id", segment::dictionary_type(), true),
         Field::new("started_at", DataType::Int64, true),
         Field::new("ended_at", DataType::Int64, true),
         Field::new("first_seen", DataType::Int64, true),
@@ -179,7 +178,7 @@ fn trace_batch(rows: &[(&String, Typed)]) -> Result<RecordBatch> {
         vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(id, _)| id.as_str()))),
             text(|t| t.name.as_deref()),
-            text(|t| t.agent_id.as_deref()),
+            segment::dictionary_array(rows.iter().map(|(_, t)| t.agent_id.as_deref())),
             int(|t| t.started_at),
             int(|t| t.ended_at),
             int(|t| t.first_seen),
@@ -222,7 +221,7 @@ fn usage_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("trace_id", DataType::Utf8, true),
-        Field::new("model", DataType::Utf8, true),
+        Field::new("model", segment::dictionary_type(), true),
         Field::new("input_tokens", DataType::Int64, true),
         Field::new("output_tokens", DataType::Int64, true),
         Field::new("cached_tokens", DataType::Int64, true),
@@ -242,7 +241,7 @@ fn usage_batch(rows: &[(&String, Option<String>, Typed)]) -> Result<RecordBatch>
         vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(id, _, _)| id.as_str()))),
             Arc::new(rows.iter().map(|(_, trace, _)| trace.as_deref()).collect::<StringArray>()),
-            Arc::new(rows.iter().map(|(_, _, t)| t.model.as_deref()).collect::<StringArray>()),
+            segment::dictionary_array(rows.iter().map(|(_, _, t)| t.model.as_deref())),
             int(|t| t.input_tokens),
             int(|t| t.output_tokens),
             int(|t| t.cached_tokens),
@@ -255,7 +254,8 @@ fn usage_batch(rows: &[(&String, Option<String>, Typed)]) -> Result<RecordBatch>
 
 /// Returns every usage record of the organization, posted or derived from an
 /// `llm` span, with the columns of [`usage_schema`]. A posted record that
-/// names a span replaces that span's record. Costs are unpriced: see [`priced_cost`].
+/// names a span replaces that span's record. Costs are unpriced: summaries price
+/// them (see [`crate::usage_sums`]).
 pub async fn usage_records(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<DataFrame> {
     let slow = &scan.slow;
     let mut memory: Vec<(&String, Option<String>, Typed)> = Vec::new();
@@ -294,85 +294,6 @@ pub async fn usage_records(context: &SessionContext, scan: &FastScan, organizati
         frame = spans.union(frame)?;
     }
     Ok(frame)
-}
-
-/// `bedrock_cost(model, input, cached, output, client_nanos)`: the record's
-/// cost in dollars as `Decimal128(38, 9)`: the client's when it sent one,
-/// else priced from the organization's book, else null.
-#[derive(Debug)]
-struct Cost {
-    signature: Signature,
-    prices: Arc<PriceBook>,
-    token: usize,
-}
-
-impl PartialEq for Cost {
-    fn eq(&self, other: &Self) -> bool {
-        self.token == other.token
-    }
-}
-impl Eq for Cost {}
-impl Hash for Cost {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.token.hash(state);
-    }
-}
-
-pub const COST_TYPE: DataType = DataType::Decimal128(38, 9);
-
-impl ScalarUDFImpl for Cost {
-    fn name(&self) -> &str {
-        "bedrock_cost"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(COST_TYPE)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let models = cast(&arrays[0], &DataType::Utf8)?;
-        let models = models.as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Internal("model".into()))?;
-        let int = |index: usize| -> Result<Int64Array> {
-            let array = cast(&arrays[index], &DataType::Int64)?;
-            array.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| DataFusionError::Internal("token count".into()))
-        };
-        let (input, cached, output, client) = (int(1)?, int(2)?, int(3)?, int(4)?);
-        let value = |array: &Int64Array, row: usize| if array.is_null(row) { 0 } else { array.value(row) };
-        // A batch names few models: each is looked up once.
-        let mut known: std::collections::HashMap<&str, Option<bedrock_store::events::pricing::Price>> = std::collections::HashMap::new();
-        let mut costs: Vec<Option<i128>> = Vec::with_capacity(rows);
-        for row in 0..rows {
-            if !client.is_null(row) {
-                costs.push(Some(client.value(row) as i128));
-                continue;
-            }
-            if models.is_null(row) {
-                costs.push(None);
-                continue;
-            }
-            let model = models.value(row);
-            let price = known.entry(model).or_insert_with(|| self.prices.lookup(model)).clone();
-            costs.push(price.map(|price| cost_of(&price, value(&input, row), value(&cached, row), value(&output, row)).0));
-        }
-        let costs = Decimal128Array::from(costs).with_precision_and_scale(38, 9)?;
-        Ok(ColumnarValue::Array(Arc::new(costs)))
-    }
-}
-
-/// Returns the expression of a usage record's cost, priced from `prices` when the client sent none.
-pub fn priced_cost(prices: Arc<PriceBook>) -> Expr {
-    let cost = Cost {
-        signature: Signature::exact(
-            vec![DataType::Utf8, DataType::Int64, DataType::Int64, DataType::Int64, DataType::Int64],
-            Volatility::Immutable,
-        ),
-        prices,
-        token: next_token(),
-    };
-    ScalarUDF::from(cost).call(vec![col("model"), col("input_tokens"), col("cached_tokens"), col("output_tokens"), col("cost_nanos")])
 }
 
 /// Reads the typed columns of the spans of `trace_ids` in the segment files,

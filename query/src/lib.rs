@@ -7,6 +7,7 @@ pub mod table;
 pub mod trace_list;
 pub mod traces;
 pub mod usage;
+pub mod usage_sums;
 pub mod views;
 
 pub use evals::{EvalFilter, EvalGroup, EvalQueries};

@@ -182,8 +182,11 @@ impl TraceQueries {
         ids: &[&str],
     ) -> Result<Vec<Value>, QueryError> {
         let prices = self.prices.book(organization_id).await?;
+        let started = std::time::Instant::now();
         let mut totals: std::collections::HashMap<String, SpanTotals> = std::collections::HashMap::new();
-        for (trace_id, typed) in crate::fast::span_rows_of_traces(context, &scan, organization_id, ids).await? {
+        let span_rows = crate::fast::span_rows_of_traces(context, &scan, organization_id, ids).await?;
+        let spans_read = started.elapsed();
+        for (trace_id, typed) in span_rows {
             totals.entry(trace_id).or_default().add_typed(&typed, &prices);
         }
         for state in scan.slow.spans.values() {
@@ -195,6 +198,7 @@ impl TraceQueries {
         // The store's own reads take the segment files' lock again.
         drop(scan);
         let traces = self.store.traces(organization_id, ids).await?;
+        tracing::debug!(traces = ids.len(), ?spans_read, total = ?started.elapsed(), "read the traces of a list page");
         Ok(ids
             .iter()
             .filter_map(|id| {

@@ -28,6 +28,7 @@ use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
 use serde_json::{json, Map, Value};
 
 use crate::fast;
+use crate::usage_sums;
 use crate::prices::Prices;
 use crate::traces::{ListPage, QueryError};
 
@@ -150,29 +151,13 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<StringArray, QueryErro
     Ok(text.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| QueryError::Internal(format!("{name} is not text")))?)
 }
 
-const DAY_MICROS: i64 = 86_400_000_000;
-const HOUR_MICROS: i64 = 3_600_000_000;
-
-/// Reads a group column as text: the typed plan groups days and hours by
-/// the microsecond at their start, shown as the general plan's text.
-fn group_column(batch: &RecordBatch, name: &str) -> Result<StringArray, QueryError> {
-    let column = batch.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("no column {name}")))?;
-    if column.data_type() != &DataType::Int64 {
-        return text_column(batch, name);
+/// Shows the start of a `day` or `hour` bucket as the general plan's text.
+fn bucket_text(name: &str, micros: i64) -> String {
+    let stamp = format_micros(micros);
+    match name {
+        "day" => stamp.get(..10).unwrap_or(&stamp).to_string(),
+        _ => format!("{}:00:00Z", stamp.get(..13).unwrap_or(&stamp)),
     }
-    let starts = column.as_any().downcast_ref::<Int64Array>().ok_or_else(|| QueryError::Internal(format!("{name} is not an integer")))?;
-    Ok(starts
-        .iter()
-        .map(|start| {
-            start.map(|micros| {
-                let stamp = format_micros(micros);
-                match name {
-                    "day" => stamp.get(..10).unwrap_or(&stamp).to_string(),
-                    _ => format!("{}:00:00Z", stamp.get(..13).unwrap_or(&stamp)),
-                }
-            })
-        })
-        .collect())
 }
 
 fn int_value(batch: &RecordBatch, name: &str, row: usize) -> Result<i64, QueryError> {
@@ -359,9 +344,10 @@ impl UsageQueries {
     }
 
     /// The filtered records of a summary from the typed columns of the
-    /// segments, with the scan that must live until the frame is collected.
-    /// `None` when the summary needs each record's agent (which comes from
-    /// its trace) or the store has no segment files.
+    /// segments, with the [`usage_sums::COLUMNS`], and the scan that must
+    /// live until the frame is collected. `None` when the summary needs each
+    /// record's agent (which comes from its trace) or the store has no
+    /// segment files.
     async fn fast_records(
         &self,
         organization_id: &str,
@@ -374,36 +360,73 @@ impl UsageQueries {
         let Some(scan) = self.store.fast_scan(organization_id).await? else {
             return Ok(None);
         };
-        let prices = self.prices.book(organization_id).await?;
         let context = fast::scan_session();
-        let bucket = |size: i64| col("usage_at") - ((col("usage_at") % lit(size)) + lit(size)) % lit(size);
         let records = fast::usage_records(&context, &scan, organization_id).await?.select(vec![
-            col("id"),
             col("model"),
             col("trace_id"),
             col("input_tokens"),
             col("output_tokens"),
             col("cached_tokens"),
             col("reasoning_tokens"),
-            (col("input_tokens") + col("output_tokens")).alias("total_tokens"),
-            fast::priced_cost(prices).alias("cost"),
+            col("cost_nanos"),
             col("usage_at").alias("timestamp"),
-            bucket(DAY_MICROS).alias("day"),
-            bucket(HOUR_MICROS).alias("hour"),
         ])?;
         Ok(Some((apply(records, filter_exprs(filter))?, scan)))
+    }
+
+    /// The summary from the typed columns, or `None` when it needs the general plan.
+    async fn fast_summary(&self, organization_id: &str, filter: &UsageFilter, group_by: &[&str]) -> Result<Option<Value>, QueryError> {
+        let Some((records, _scan)) = self.fast_records(organization_id, filter, group_by).await? else {
+            return Ok(None);
+        };
+        let prices = self.prices.book(organization_id).await?;
+        let dimensions = usage_sums::Dimensions {
+            model: group_by.contains(&"model"),
+            day: group_by.contains(&"day"),
+            hour: group_by.contains(&"hour"),
+            trace: group_by.contains(&"trace"),
+        };
+        let mut groups = usage_sums::sum_groups(records, prices, dimensions).await?;
+        let mut totals = usage_sums::Sums::default();
+        for group in &groups {
+            totals.add(&group.sums);
+        }
+        let sums_json = |sums: &usage_sums::Sums| totals_of(sums.records, sums.tokens, Money(sums.cost), sums.priced);
+        let mut summary = json!({ "totals": Value::Object(sums_json(&totals)) });
+        if group_by.is_empty() {
+            return Ok(Some(summary));
+        }
+        usage_sums::sort_groups(&mut groups, group_by);
+        let groups: Vec<Value> = groups
+            .iter()
+            .map(|group| {
+                let mut object = Map::new();
+                for name in group_by {
+                    let value = match *name {
+                        "model" => json!(group.model),
+                        "day" => json!(group.day.map(|micros| bucket_text("day", micros))),
+                        "hour" => json!(group.hour.map(|micros| bucket_text("hour", micros))),
+                        _ => json!(group.trace),
+                    };
+                    object.insert((*name).to_string(), value);
+                }
+                object.extend(sums_json(&group.sums));
+                Value::Object(object)
+            })
+            .collect();
+        summary["group_by"] = json!(group_by);
+        summary["groups"] = Value::Array(groups);
+        Ok(Some(summary))
     }
 
     /// Sums the filtered records overall and, per group of `group_by` columns
     /// (names from [`GROUP_KEYS`]), the same totals per group.
     pub async fn summary(&self, organization_id: &str, filter: &UsageFilter, group_by: &[&str]) -> Result<Value, QueryError> {
-        let (filtered, _scan) = match self.fast_records(organization_id, filter, group_by).await? {
-            Some((frame, scan)) => (frame, Some(scan)),
-            None => {
-                let records = self.records(organization_id).await?;
-                (apply(self.frame(&records).await?, filter_exprs(filter))?, None)
-            }
-        };
+        if let Some(summary) = self.fast_summary(organization_id, filter, group_by).await? {
+            return Ok(summary);
+        }
+        let records = self.records(organization_id).await?;
+        let filtered = apply(self.frame(&records).await?, filter_exprs(filter))?;
 
         if group_by.is_empty() {
             let totals = filtered.aggregate(vec![], aggregates())?.collect().await?;
@@ -428,7 +451,7 @@ impl UsageQueries {
         let mut summary = json!({ "totals": Value::Object(totals) });
         let mut groups = Vec::new();
         for batch in &batches {
-            let keys: Vec<StringArray> = columns.iter().map(|(_, column)| group_column(batch, column)).collect::<Result<_, _>>()?;
+            let keys: Vec<StringArray> = columns.iter().map(|(_, column)| text_column(batch, column)).collect::<Result<_, _>>()?;
             for row in 0..batch.num_rows() {
                 let mut group = Map::new();
                 for ((name, _), values) in columns.iter().zip(&keys) {

@@ -1076,6 +1076,10 @@ impl EventStore {
                     .await
                     .map_err(datafusion_error)?
                     .filter(filter)
+                    .map_err(datafusion_error)?
+                    // The typed columns are derived from `state`: reading them would
+                    // decompress their pages for nothing.
+                    .select_columns(&segment::STORED_COLUMNS)
                     .map_err(datafusion_error)?;
                 let batches: Vec<RecordBatch> = frame.collect().await.map_err(datafusion_error)?;
                 let mut rows = Vec::new();

@@ -29,11 +29,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, DictionaryArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
-use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
@@ -131,10 +133,23 @@ pub fn schema() -> SchemaRef {
     SCHEMA.get_or_init(build_schema).clone()
 }
 
+/// The type of the text columns with few distinct values (organizations,
+/// kinds, agents, span types, models). The file records it, so readers get
+/// dictionary arrays: filters compare each distinct value once, and no scan
+/// copies the text of every row.
+pub fn dictionary_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// Builds a dictionary column of [`dictionary_type`].
+pub fn dictionary_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(values.collect::<DictionaryArray<Int32Type>>())
+}
+
 fn build_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("organization_id", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
+        Field::new("organization_id", dictionary_type(), false),
+        Field::new("kind", dictionary_type(), false),
         Field::new("id", DataType::Utf8, false),
         Field::new("trace_id", DataType::Utf8, true),
         Field::new("seq", DataType::UInt64, false),
@@ -142,17 +157,17 @@ fn build_schema() -> SchemaRef {
         // The typed columns of `typed::Typed`, after the stored ones.
         Field::new("key_hash", DataType::UInt64, false),
         Field::new("name", DataType::Utf8, true),
-        Field::new("agent_id", DataType::Utf8, true),
+        Field::new("agent_id", dictionary_type(), true),
         Field::new("started_at", DataType::Int64, true),
         Field::new("ended_at", DataType::Int64, true),
         Field::new("first_seen", DataType::Int64, true),
         Field::new("has_error", DataType::Boolean, true),
-        Field::new("span_type", DataType::Utf8, true),
+        Field::new("span_type", dictionary_type(), true),
         Field::new("flagged", DataType::Boolean, true),
         Field::new("passed", DataType::Boolean, true),
         Field::new("meta", DataType::Utf8, true),
         Field::new("has_usage", DataType::Boolean, true),
-        Field::new("model", DataType::Utf8, true),
+        Field::new("model", dictionary_type(), true),
         Field::new("input_tokens", DataType::Int64, true),
         Field::new("output_tokens", DataType::Int64, true),
         Field::new("cached_tokens", DataType::Int64, true),
@@ -190,20 +205,21 @@ fn typed_columns(keys: &[RowKeys<'_>], typed: &[&Typed]) -> Vec<ArrayRef> {
     let text = |get: fn(&Typed) -> Option<&str>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<StringArray>()) };
     let int = |get: fn(&Typed) -> Option<i64>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<Int64Array>()) };
     let flag = |get: fn(&Typed) -> Option<bool>| -> ArrayRef { Arc::new(typed.iter().map(|t| get(t)).collect::<BooleanArray>()) };
+    let few = |get: fn(&Typed) -> Option<&str>| -> ArrayRef { dictionary_array(typed.iter().map(|t| get(t))) };
     vec![
         Arc::new(UInt64Array::from_iter_values(keys.iter().map(|k| key_hash(k.organization_id, k.kind, k.id)))),
         text(|t| t.name.as_deref()),
-        text(|t| t.agent_id.as_deref()),
+        few(|t| t.agent_id.as_deref()),
         int(|t| t.started_at),
         int(|t| t.ended_at),
         int(|t| t.first_seen),
         flag(|t| t.has_error),
-        text(|t| t.span_type.as_deref()),
+        few(|t| t.span_type.as_deref()),
         flag(|t| t.flagged),
         flag(|t| t.passed),
         text(|t| t.meta.as_deref()),
         flag(|t| t.has_usage),
-        text(|t| t.model.as_deref()),
+        few(|t| t.model.as_deref()),
         int(|t| t.input_tokens),
         int(|t| t.output_tokens),
         int(|t| t.cached_tokens),
@@ -251,6 +267,9 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
 /// decompresses at most this much besides it.
 const STATE_PAGE_BYTES: usize = 64 * 1024;
 
+/// The columns a segment stores for merging, before the typed ones.
+pub const STORED_COLUMNS: [&str; 6] = ["organization_id", "kind", "id", "trace_id", "seq", "state"];
+
 /// Page size of the `id` and `trace_id` columns: about 500 ids of 36
 /// characters, so 10 million rows give 20,000 pages to the page index.
 const KEY_PAGE_BYTES: usize = 16 * 1024;
@@ -276,7 +295,10 @@ impl SegmentWriter {
     pub fn create(dir: &Path, first: u64, last: u64, applied: &Applied, expected_rows: usize) -> Result<Self, StoreError> {
         let extra = serde_json::to_string(&applied.extra).map_err(StoreError::internal)?;
         let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(StoreError::internal)?))
+            // LZ4 decompresses several times faster than zstd, and queries
+            // spend much of their time decompressing pages. Files are about
+            // 1.6 times larger (BENCHMARKS.md, "Dictionary columns, LZ4 pages").
+            .set_compression(Compression::LZ4_RAW)
             .set_max_row_group_row_count(Some(64 * 1024))
             .set_write_batch_size(256)
             // Bloom filters only where point reads filter: on the JSON states they
@@ -360,8 +382,8 @@ impl SegmentWriter {
     /// and their typed columns, all of one length.
     pub fn write_parts(&mut self, keys: &[RowKeys<'_>], states: StringArray, typed: &[&Typed]) -> Result<(), StoreError> {
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.organization_id))),
-            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.kind))),
+            dictionary_array(keys.iter().map(|k| Some(k.organization_id))),
+            dictionary_array(keys.iter().map(|k| Some(k.kind))),
             Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.id))),
             Arc::new(StringArray::from_iter(keys.iter().map(|k| k.trace_id))),
             Arc::new(UInt64Array::from_iter_values(keys.iter().map(|k| k.seq))),
@@ -378,6 +400,8 @@ impl SegmentWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let conformed = conform(batch)?;
+        let batch = &conformed;
         let kind = string_column(batch, "kind")?;
         let mut start = 0;
         while start < batch.num_rows() {
@@ -510,9 +534,9 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
                 continue;
             }
         }
-        let (applied, rows, bytes, typed) = read_footer(&path)?;
-        if !typed {
-            tracing::info!(file = %path.display(), "adding typed columns to a segment of an earlier version");
+        let (applied, rows, bytes, current) = read_footer(&path)?;
+        if !current {
+            tracing::info!(file = %path.display(), "rewriting a segment of an earlier format");
             rewrite_with_typed_columns(dir, first, last, &applied, rows, &path)?;
         }
         let keys = read_keys(&path)?;
@@ -532,7 +556,7 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
         hashes.sort_unstable();
         key_hashes_of.push(hashes);
         let (ids, traces) = blooms(keys.iter().map(|(o, k, i, t)| (o.as_str(), *k, i.as_str(), t.as_deref())));
-        let bytes = if typed { bytes } else { std::fs::metadata(&path).map_err(StoreError::internal)?.len() };
+        let bytes = if current { bytes } else { std::fs::metadata(&path).map_err(StoreError::internal)?.len() };
         live.push(SegmentFile { first, last, path, applied, rows, bytes, ids: Arc::new(ids), traces: Arc::new(traces) });
     }
     Ok((live, multi))
@@ -548,13 +572,17 @@ fn rewrite_with_typed_columns(dir: &Path, first: u64, last: u64, applied: &Appli
 }
 
 /// Reads what a segment's footer records: the log records applied, the row
-/// and byte counts, and whether the file has the typed columns.
+/// and byte counts, and whether the file has the current schema.
 fn read_footer(path: &Path) -> Result<(Applied, u64, u64, bool), StoreError> {
     let file = File::open(path).map_err(StoreError::internal)?;
     let bytes = file.metadata().map_err(StoreError::internal)?.len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
-    let typed = builder.schema().field_with_name("key_hash").is_ok();
+    // A file of an older format (without typed columns, or with plain text
+    // where dictionaries now are) is rewritten at start-up.
+    let current = schema().fields().iter().all(|field| {
+        builder.schema().field_with_name(field.name()).is_ok_and(|found| found.data_type() == field.data_type())
+    });
     let metadata = builder.metadata().file_metadata();
     let mut applied = Applied::default();
     for pair in metadata.key_value_metadata().into_iter().flatten() {
@@ -564,7 +592,7 @@ fn read_footer(path: &Path) -> Result<(Applied, u64, u64, bool), StoreError> {
             _ => {}
         }
     }
-    Ok((applied, metadata.num_rows() as u64, bytes, typed))
+    Ok((applied, metadata.num_rows() as u64, bytes, current))
 }
 
 type Keys = Vec<(String, &'static str, String, Option<String>)>;
@@ -600,11 +628,62 @@ fn read_keys(path: &Path) -> Result<Keys, StoreError> {
     Ok(keys)
 }
 
-fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, StoreError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or_else(|| StoreError::Internal(format!("segment column {name} is missing or not text")))
+/// Gives a batch read from a segment the current segment schema: files
+/// written before a column became a dictionary have it as plain text.
+fn conform(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
+    let target = schema();
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch.clone());
+    }
+    let columns = target
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = batch
+                .column_by_name(field.name())
+                .ok_or_else(|| StoreError::Internal(format!("segment column {} is missing", field.name())))?;
+            datafusion::arrow::compute::cast(column, field.data_type()).map_err(StoreError::internal)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(target, columns).map_err(StoreError::internal)
+}
+
+/// A text column of a segment batch, plain or a dictionary.
+pub enum TextColumn<'a> {
+    Plain(&'a StringArray),
+    Dictionary { keys: &'a Int32Array, values: &'a StringArray },
+}
+
+impl TextColumn<'_> {
+    pub fn value(&self, row: usize) -> &str {
+        match self {
+            TextColumn::Plain(array) => array.value(row),
+            TextColumn::Dictionary { keys, values } => values.value(keys.value(row) as usize),
+        }
+    }
+
+    pub fn is_null(&self, row: usize) -> bool {
+        match self {
+            TextColumn::Plain(array) => array.is_null(row),
+            TextColumn::Dictionary { keys, .. } => keys.is_null(row),
+        }
+    }
+}
+
+/// Reads a text column of a segment batch, whether plain or a dictionary.
+pub fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<TextColumn<'a>, StoreError> {
+    let column = batch.column_by_name(name).ok_or_else(|| StoreError::Internal(format!("segment column {name} is missing")))?;
+    if let Some(array) = column.as_any().downcast_ref::<StringArray>() {
+        return Ok(TextColumn::Plain(array));
+    }
+    column
+        .as_any()
+        .downcast_ref::<DictionaryArray<Int32Type>>()
+        .and_then(|array| {
+            let values = array.values().as_any().downcast_ref::<StringArray>()?;
+            Some(TextColumn::Dictionary { keys: array.keys(), values })
+        })
+        .ok_or_else(|| StoreError::Internal(format!("segment column {name} is not text")))
 }
 
 /// Converts a batch with the segment schema back into rows.
