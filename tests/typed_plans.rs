@@ -320,7 +320,7 @@ fn organization_column_type(path: &std::path::Path) -> datafusion::arrow::dataty
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_of_the_previous_format_are_rewritten_and_answer_the_same() {
+async fn previous_format_segments_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
     control.migrate().await.unwrap();

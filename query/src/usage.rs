@@ -374,7 +374,7 @@ impl UsageQueries {
         Ok(Some((apply(records, filter_exprs(filter))?, scan)))
     }
 
-    /// The summary from the typed columns, or `None` when it needs the general plan.
+    /// Returns the summary from the typed columns, or `None` when it needs the general plan.
     async fn fast_summary(&self, organization_id: &str, filter: &UsageFilter, group_by: &[&str]) -> Result<Option<Value>, QueryError> {
         let Some((records, _scan)) = self.fast_records(organization_id, filter, group_by).await? else {
             return Ok(None);
@@ -387,6 +387,7 @@ impl UsageQueries {
             trace: group_by.contains(&"trace"),
         };
         let mut groups = usage_sums::sum_groups(records, prices, dimensions).await?;
+
         let mut totals = usage_sums::Sums::default();
         for group in &groups {
             totals.add(&group.sums);
@@ -396,6 +397,7 @@ impl UsageQueries {
         if group_by.is_empty() {
             return Ok(Some(summary));
         }
+
         usage_sums::sort_groups(&mut groups, group_by);
         let groups: Vec<Value> = groups
             .iter()
@@ -414,6 +416,7 @@ impl UsageQueries {
                 Value::Object(object)
             })
             .collect();
+
         summary["group_by"] = json!(group_by);
         summary["groups"] = Value::Array(groups);
         Ok(Some(summary))

@@ -276,14 +276,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_floor_before_the_epoch_too() {
+    fn floor_to_before_epoch() {
         assert_eq!(floor_to(DAY_MICROS + 5, DAY_MICROS), DAY_MICROS);
         assert_eq!(floor_to(-1, DAY_MICROS), -DAY_MICROS);
         assert_eq!(floor_to(-HOUR_MICROS, HOUR_MICROS), -HOUR_MICROS);
     }
 
     #[test]
-    fn groups_sort_by_the_requested_order_with_absent_keys_first() {
+    fn sort_groups_absent_keys_first() {
         let group = |model: Option<&str>, day: i64| Group {
             model: model.map(str::to_string),
             day: Some(day),
