@@ -313,6 +313,7 @@ pub async fn span_rows_of_traces(
     ];
     let probes: Vec<bedrock_store::events::bloom::Probe> =
         trace_ids.iter().map(|id| bedrock_store::events::bloom::Probe::of(&[organization_id, id])).collect();
+    let keep = (!scan.slow.spans.is_empty()).then(|| keep_expr(organization_id, KIND_SPAN, scan.slow.spans.keys()));
     let mut reads = Vec::new();
     for (index, path) in scan.paths.iter().enumerate() {
         let list: Vec<Expr> =
@@ -320,21 +321,19 @@ pub async fn span_rows_of_traces(
         if list.is_empty() {
             continue;
         }
-        let schema = schema.clone();
-        reads.push(async move {
-            let mut frame = context
-                .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
-                .await?
-                .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(KIND_SPAN))).and(col("trace_id").in_list(list, false)))?;
-            if !scan.slow.spans.is_empty() {
-                frame = frame.filter(keep_expr(organization_id, KIND_SPAN, scan.slow.spans.keys()))?;
-            }
-            frame.select_columns(&columns)?.collect().await
-        });
+        let mut frame = context
+            .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
+            .await?
+            .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(KIND_SPAN))).and(col("trace_id").in_list(list, false)))?;
+        if let Some(keep) = &keep {
+            frame = frame.filter(keep.clone())?;
+        }
+        // Each file is read on its own task, so the files decode in parallel.
+        reads.push(tokio::spawn(frame.select_columns(&columns)?.collect()));
     }
-    // The files are read concurrently.
     let mut rows = Vec::new();
-    for batches in futures::future::try_join_all(reads).await? {
+    for read in reads {
+        let batches = read.await.map_err(|err| DataFusionError::External(Box::new(err)))??;
         for batch in batches {
             let text = |name: &str| -> Result<StringArray> {
                 let array = cast(batch.column_by_name(name).ok_or_else(|| DataFusionError::Internal(name.into()))?, &DataType::Utf8)?;

@@ -1065,32 +1065,32 @@ impl EventStore {
         // Every segment has this schema (older ones are rewritten at start-up),
         // so no scan reads a footer to infer it.
         let schema = segment::schema();
-        // The files are read concurrently, and their rows kept in segment
-        // order, which the merge needs.
-        let reads = scans.into_iter().map(|(path, filter)| {
-            let schema = schema.clone();
-            async move {
-                let frame = self
-                    .context
-                    .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
-                    .await
-                    .map_err(datafusion_error)?
-                    .filter(filter)
-                    .map_err(datafusion_error)?
-                    // The typed columns are derived from `state`: reading them would
-                    // decompress their pages for nothing.
-                    .select_columns(&segment::STORED_COLUMNS)
-                    .map_err(datafusion_error)?;
+        // Each file is read on its own task, so the files decode in parallel,
+        // and their rows are kept in segment order, which the merge needs.
+        let mut reads = Vec::with_capacity(scans.len());
+        for (path, filter) in scans {
+            let frame = self
+                .context
+                .read_parquet(path.as_str(), ParquetReadOptions::default().schema(&schema))
+                .await
+                .map_err(datafusion_error)?
+                .filter(filter)
+                .map_err(datafusion_error)?
+                // The typed columns are derived from `state`: reading them would
+                // decompress their pages for nothing.
+                .select_columns(&segment::STORED_COLUMNS)
+                .map_err(datafusion_error)?;
+            reads.push(tokio::spawn(async move {
                 let batches: Vec<RecordBatch> = frame.collect().await.map_err(datafusion_error)?;
                 let mut rows = Vec::new();
                 for batch in &batches {
                     rows.extend(segment::rows_of_batch(batch)?);
                 }
                 Ok::<_, StoreError>(rows)
-            }
-        });
-        for file_rows in futures::future::try_join_all(reads).await? {
-            rows.extend(file_rows);
+            }));
+        }
+        for read in reads {
+            rows.extend(read.await.map_err(StoreError::internal)??);
         }
         Ok(rows)
     }
