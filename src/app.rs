@@ -238,17 +238,20 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Adds the trailing slash that Django REST Framework routes expect, so a
-/// client that leaves it out reaches the same handler instead of a 404.
-pub fn append_slash(mut request: Request) -> Request {
+/// Gives a path the trailing slash its routes use: Django REST Framework
+/// routes under `/api/` end with one, OTLP routes under `/v1/` do not. A
+/// client that adds or leaves out the slash reaches the same handler instead
+/// of a 404, which for an exporter would lose its spans for good.
+pub fn normalize_slash(mut request: Request) -> Request {
     let path = request.uri().path();
-    let exempt = path.ends_with('/')
-        || path == "/healthz"
-        || path == "/readyz"
-        || path.starts_with("/v1/")
-        || path.contains("/assets/");
-    if !exempt && path.starts_with("/api/") {
-        let mut rewritten = format!("{path}/");
+    let rewritten = if path.starts_with("/v1/") && path.len() > "/v1/".len() && path.ends_with('/') {
+        Some(path.trim_end_matches('/').to_string())
+    } else if path.starts_with("/api/") && !path.ends_with('/') && !path.contains("/assets/") {
+        Some(format!("{path}/"))
+    } else {
+        None
+    };
+    if let Some(mut rewritten) = rewritten {
         if let Some(query) = request.uri().query() {
             rewritten.push('?');
             rewritten.push_str(query);

@@ -69,7 +69,7 @@ impl Server {
         let state = self.state.clone();
         let timeout = Duration::from_secs(state.settings.shutdown_timeout_seconds);
         let router = app::router(state.clone());
-        let service = tower::util::MapRequestLayer::new(app::append_slash).layer(router);
+        let service = tower::util::MapRequestLayer::new(app::normalize_slash).layer(router);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, ServiceExt::<axum::extract::Request>::into_make_service(service))
             .with_graceful_shutdown(async move {

@@ -283,6 +283,32 @@ async fn protobuf_fixture_lands(backend: Backend) {
     assert_eq!(errors.len(), 1, "only one fixture span has an ERROR status");
 }
 
+/// Exporters configured with a trailing slash on the endpoint send to
+/// `/v1/traces/`; their spans must land like any others.
+async fn trailing_slash_export_lands(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let key = server.api_key("otlp-slash@example.com").await;
+    let response = server
+        .client
+        .post(format!("{}/v1/traces/", server.base))
+        .header("Authorization", &key)
+        .header("Content-Type", PROTOBUF)
+        .body(PROTOBUF_FIXTURE.to_vec())
+        .send()
+        .await
+        .expect("request reaches the server");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.bytes().await.unwrap();
+    let reply = ExportTraceServiceResponse::decode(body.as_ref()).expect("an ExportTraceServiceResponse");
+    assert_eq!(reply.partial_success, None);
+
+    let request = ExportTraceServiceRequest::decode(PROTOBUF_FIXTURE).unwrap();
+    let ids = trace_ids(&request);
+    assert_fixture_trace(&server, &key, &request, &ids[0]).await;
+    let (_, spans) = server.get("/api/tracing/spans/?page_size=100", &key).await;
+    assert_eq!(spans["count"], 25);
+}
+
 async fn gzip_fixture_lands(backend: Backend) {
     let server = TestServer::start(backend).await;
     let key = server.api_key("otlp-gzip@example.com").await;
@@ -789,6 +815,7 @@ async fn spans_survive_restart(backend: Backend) {
 on_every_deployment!(
     spans_survive_restart,
     protobuf_fixture_lands,
+    trailing_slash_export_lands,
     gzip_fixture_lands,
     json_fixture_lands,
     empty_request_has_no_partial_success,
