@@ -238,8 +238,8 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Gives a path the trailing slash its routes use: Django REST Framework
-/// routes under `/api/` end with one, OTLP routes under `/v1/` do not. A
+/// Adds or removes a path's trailing slash to match its route: Django REST
+/// Framework routes under `/api/` end with one, OTLP routes under `/v1/` do not. A
 /// client that adds or leaves out the slash reaches the same handler instead
 /// of a 404, which for an exporter would lose its spans for good.
 pub fn normalize_slash(mut request: Request) -> Request {

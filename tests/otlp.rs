@@ -284,7 +284,7 @@ async fn protobuf_fixture_lands(backend: Backend) {
 }
 
 /// Exporters configured with a trailing slash on the endpoint send to
-/// `/v1/traces/`; their spans must land like any others.
+/// `/v1/traces/`, and their spans must land like any others.
 async fn trailing_slash_export_lands(backend: Backend) {
     let server = TestServer::start(backend).await;
     let key = server.api_key("otlp-slash@example.com").await;

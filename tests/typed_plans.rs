@@ -363,7 +363,7 @@ async fn previous_format_segments_rewritten() {
     compare_summaries(&typed, &general).await;
 }
 
-/// Compares the summaries of the typed and general plans for some filters.
+/// Compares the summaries of the typed and general plans over all records, in four groupings.
 async fn compare_summaries(typed: &(TraceQueries, UsageQueries), general: &(TraceQueries, UsageQueries)) {
     for group_by in [&["model", "day"][..], &["day", "model"], &["trace", "hour"], &[]] {
         let fast = typed.1.summary(ORGANIZATION, &UsageFilter::default(), group_by).await.unwrap();

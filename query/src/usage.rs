@@ -151,7 +151,7 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<StringArray, QueryErro
     Ok(text.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| QueryError::Internal(format!("{name} is not text")))?)
 }
 
-/// Shows the start of a `day` or `hour` bucket as the general plan's text.
+/// Formats the start of a `day` or `hour` bucket as the general plan's text.
 fn bucket_text(name: &str, micros: i64) -> String {
     let stamp = format_micros(micros);
     match name {
@@ -408,6 +408,7 @@ impl UsageQueries {
                         "model" => json!(group.model),
                         "day" => json!(group.day.map(|micros| bucket_text("day", micros))),
                         "hour" => json!(group.hour.map(|micros| bucket_text("hour", micros))),
+                        // `trace`: summaries grouped by `agent` take the general plan.
                         _ => json!(group.trace),
                     };
                     object.insert((*name).to_string(), value);

@@ -5,8 +5,8 @@
 //! Each of its partitions then adds its records into a small map of groups
 //! here, keyed by the dictionary entry of the model and by integer time
 //! buckets. DataFusion's grouped aggregate would compare the model's text
-//! for each record, and price each record through a scalar function; here a
-//! model is looked up once per batch.
+//! and call a pricing function for each record. Here each model is priced
+//! once per batch.
 //!
 //! The sums are those of [`crate::usage`]'s general plan, which the typed-plan
 //! differential test compares them with: a record without a cost adds to
@@ -34,7 +34,7 @@ pub const COLUMNS: [&str; 8] =
 const DAY_MICROS: i64 = 86_400_000_000;
 const HOUR_MICROS: i64 = 3_600_000_000;
 
-/// The dimensions a summary groups by; with none, one group holds every record.
+/// The dimensions a summary groups by. With none, one group contains every record.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Dimensions {
     pub model: bool,
@@ -169,7 +169,8 @@ impl Partial {
         let (client, at) = (integers(batch, "cost_nanos")?, integers(batch, "timestamp")?);
         let value = |array: &Int64Array, row: usize| if array.is_null(row) { 0 } else { array.value(row) };
 
-        // Neighbouring rows often share a group: the last one is kept at hand.
+        // Consecutive rows often share a group, so the current group stays
+        // outside the map until a row of another group arrives.
         let mut last: Option<(Key, Sums)> = None;
         for row in 0..batch.num_rows() {
             let entry = (!models.is_null(row)).then(|| models.value(row) as usize);
@@ -198,7 +199,7 @@ impl Partial {
                     &mut slot.insert((key, Sums::default())).1
                 }
             };
-            sums.records += 1;
+            sums.records = sums.records.wrapping_add(1);
             let tokens = [input, output, cached, value(&reasoning, row), input.wrapping_add(output)];
             for (sum, value) in sums.tokens.iter_mut().zip(tokens) {
                 *sum = sum.wrapping_add(value);
