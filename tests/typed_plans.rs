@@ -2,7 +2,11 @@
 //! columns of the segments. They return exactly what the general plans, which
 //! merge every object, return. The store's objects are split between
 //! segments, compacted segments, the recent generation and the buffer, and
-//! the comparison runs again after the store is reopened.
+//! the comparison runs again after the store is reopened. On ClickHouse,
+//! the objects are split between its `objects` table, the generation being
+//! flushed and the buffer.
+
+mod common;
 
 use std::sync::Arc;
 
@@ -202,8 +206,22 @@ async fn compare(typed: &(TraceQueries, UsageQueries), general: &(TraceQueries, 
     assert!(totals["totals"]["unpriced_count"].as_i64().unwrap() > 0, "{stage}: an unpriced model is in the data");
 }
 
-async fn open(dir: &std::path::Path, control: &ControlPlane) -> (Arc<EventStore>, (TraceQueries, UsageQueries), (TraceQueries, UsageQueries)) {
-    let store = Arc::new(EventStore::open(&dir.join("events")).unwrap());
+/// Where the store flushes to.
+enum Tier {
+    Segments,
+    ClickHouse(String),
+}
+
+async fn open(
+    dir: &std::path::Path,
+    control: &ControlPlane,
+    tier: &Tier,
+) -> (Arc<EventStore>, (TraceQueries, UsageQueries), (TraceQueries, UsageQueries)) {
+    let store = match tier {
+        Tier::Segments => EventStore::open(&dir.join("events")).unwrap(),
+        Tier::ClickHouse(url) => EventStore::open_clickhouse(url, "typed-plans").await.unwrap(),
+    };
+    let store = Arc::new(store);
     let prices = Prices::new(control.clone());
     let typed = (TraceQueries::new(store.clone(), prices.clone()), UsageQueries::new(store.clone(), prices.clone()));
     let general = (
@@ -215,6 +233,15 @@ async fn open(dir: &std::path::Path, control: &ControlPlane) -> (Arc<EventStore>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_plans_answer_as_the_general_plans() {
+    typed_plans_match(Tier::Segments).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_plans_answer_as_the_general_plans_on_clickhouse() {
+    typed_plans_match(Tier::ClickHouse(common::fresh_clickhouse_database().await)).await;
+}
+
+async fn typed_plans_match(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
     control.migrate().await.unwrap();
@@ -224,7 +251,7 @@ async fn typed_plans_answer_as_the_general_plans() {
             .await
             .unwrap();
     }
-    let (store, typed, general) = open(dir.path(), &control).await;
+    let (store, typed, general) = open(dir.path(), &control, &tier).await;
 
     let mut rng = StdRng::seed_from_u64(7);
     let mut pending: Vec<Write> = Vec::new();
@@ -257,17 +284,21 @@ async fn typed_plans_answer_as_the_general_plans() {
         }
     }
     compare(&typed, &general, "all written").await;
-    assert!(store.stats().segments > 1, "the data should span several segments");
+    if matches!(tier, Tier::Segments) {
+        assert!(store.stats().segments > 1, "the data should span several segments");
+    }
 
     // Reopened, the store rebuilds which objects span segments from the files.
     store.flush().await.unwrap();
     drop((store, typed, general));
-    let (store, typed, general) = open(dir.path(), &control).await;
+    let (store, typed, general) = open(dir.path(), &control, &tier).await;
     compare(&typed, &general, "reopened").await;
-    let before = store.stats().segments;
-    while store.compact(2).await.unwrap() {}
-    assert!(store.stats().segments < before, "compaction should merge segments");
-    compare(&typed, &general, "compacted").await;
+    if matches!(tier, Tier::Segments) {
+        let before = store.stats().segments;
+        while store.compact(2).await.unwrap() {}
+        assert!(store.stats().segments < before, "compaction should merge segments");
+        compare(&typed, &general, "compacted").await;
+    }
 }
 
 /// Rewrites a segment file as the previous format wrote it: the columns that
@@ -328,7 +359,7 @@ async fn previous_format_segments_rewritten() {
         .execute_admin(&format!("INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('{ORGANIZATION}', 'a', 0, 0)"))
         .await
         .unwrap();
-    let (store, typed, _general) = open(dir.path(), &control).await;
+    let (store, typed, _general) = open(dir.path(), &control, &Tier::Segments).await;
     let mut rng = StdRng::seed_from_u64(11);
     for n in 0..60 {
         let writes = trace_writes(&mut rng, n);
@@ -350,7 +381,7 @@ async fn previous_format_segments_rewritten() {
         assert_eq!(organization_column_type(file), datafusion::arrow::datatypes::DataType::Utf8);
     }
 
-    let (_store, typed, general) = open(dir.path(), &control).await;
+    let (_store, typed, general) = open(dir.path(), &control, &Tier::Segments).await;
     for file in segment_files(&dir.path().join("events")) {
         assert!(
             matches!(organization_column_type(&file), datafusion::arrow::datatypes::DataType::Dictionary(_, _)),

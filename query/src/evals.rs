@@ -206,6 +206,9 @@ impl EvalQueries {
         })
     }
 
+    /// NOTE: not pushed down: the scenario and checkpoint name are read from
+    /// each span's merged metadata, so every object of the organization is
+    /// merged here, from segments or from ClickHouse's `events`.
     async fn checkpoint_rows(&self, organization_id: &str) -> Result<Vec<CheckpointRow>, QueryError> {
         let objects = self.store.all(organization_id).await?;
         let trace_agents: HashMap<&str, String> = objects
@@ -240,6 +243,7 @@ impl EvalQueries {
         }
         let cases: HashMap<String, EvalCase> =
             self.control.all_eval_cases(organization_id).await?.into_iter().map(|case| (case.id.clone(), case)).collect();
+        // NOTE: not pushed down, as in `checkpoint_rows`.
         let objects = self.store.all(organization_id).await?;
         // The first checkpoint of each trace, for traces without a scenario of their own.
         let mut first_checkpoints: HashMap<String, (i64, String, SpanFields)> = HashMap::new();

@@ -7,6 +7,9 @@
 //! as they are and filters and aggregates them inside the Parquet scan. The
 //! merged objects join as a small in-memory table, and [`Keep`] skips their
 //! rows in the files.
+//!
+//! On ClickHouse, the typed columns come from its `objects` table instead
+//! (see [`crate::clickhouse`]), and the merged objects are those in memory.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use bedrock_store::events::typed::{key_hash, Typed};
 use bedrock_store::events::segment::{self, KIND_SPAN, KIND_TRACE, KIND_USAGE};
 use bedrock_store::events::FastScan;
+use crate::clickhouse::ObjectsTable;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
 };
@@ -133,8 +137,9 @@ fn keep_expr<'a>(organization_id: &str, kind: &'static str, skipped: impl Iterat
     ScalarUDF::from(keep).call(vec![col("key_hash"), col("id")])
 }
 
-/// Returns the segment rows of one kind of an organization, minus `skipped` ids, or
-/// `None` when there are no segment files.
+/// Returns the stored rows of one kind of an organization, minus `skipped`
+/// ids: from ClickHouse's `objects` table, or from the segment files, or
+/// `None` when there are none.
 async fn segment_rows<'a>(
     context: &SessionContext,
     scan: &FastScan,
@@ -142,6 +147,10 @@ async fn segment_rows<'a>(
     kind: &'static str,
     skipped: impl Iterator<Item = &'a String>,
 ) -> Result<Option<DataFrame>> {
+    if let Some(tier) = &scan.clickhouse {
+        let table = ObjectsTable::new(tier.clone(), organization_id, kind, skipped.cloned().collect());
+        return Ok(Some(context.read_table(Arc::new(table))?));
+    }
     if scan.paths.is_empty() {
         return Ok(None);
     }
@@ -252,11 +261,39 @@ fn usage_batch(rows: &[(&String, Option<String>, Typed)]) -> Result<RecordBatch>
     )?)
 }
 
+/// The usage records of a scan, in the parts that [`usage_records`] unites.
+pub struct UsageParts {
+    /// The records of the objects the scan merged itself.
+    pub memory: DataFrame,
+    /// Stored posted records, minus those in `memory`.
+    pub posted: Option<DataFrame>,
+    /// Stored `llm` spans with usage, minus those in `memory` and those a
+    /// posted record names.
+    pub spans: Option<DataFrame>,
+    /// The ids of posted records that `posted` leaves out.
+    pub skipped_usage: Vec<String>,
+    /// The ids of spans that `spans` leaves out.
+    pub skipped_spans: Vec<String>,
+}
+
 /// Returns every usage record of the organization, posted or derived from an
 /// `llm` span, with the columns of [`usage_schema`]. A posted record that
 /// names a span replaces that span's record. Costs are unpriced: summaries price
 /// them (see [`crate::usage_sums`]).
 pub async fn usage_records(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<DataFrame> {
+    let parts = usage_parts(context, scan, organization_id).await?;
+    let mut frame = parts.memory;
+    if let Some(posted) = parts.posted {
+        frame = posted.union(frame)?;
+    }
+    if let Some(spans) = parts.spans {
+        frame = spans.union(frame)?;
+    }
+    Ok(frame)
+}
+
+/// Returns the usage records of the organization as [`UsageParts`].
+pub async fn usage_parts(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<UsageParts> {
     let slow = &scan.slow;
     let mut memory: Vec<(&String, Option<String>, Typed)> = Vec::new();
     let mut posted_spans: HashSet<String> = HashSet::new();
@@ -283,21 +320,21 @@ pub async fn usage_records(context: &SessionContext, scan: &FastScan, organizati
         }
     }
 
-    let mut frame = context.read_table(Arc::new(MemTable::try_new(usage_schema(), vec![vec![usage_batch(&memory)?]])?))?;
-    if let Some(posted) = posted {
-        frame = posted.select_columns(&USAGE_COLUMNS)?.union(frame)?;
-    }
-
-    let skipped = slow.spans.keys().chain(posted_spans.iter());
-    if let Some(spans) = segment_rows(context, scan, organization_id, KIND_SPAN, skipped).await? {
-        let spans = spans.filter(col("has_usage").is_true())?.select_columns(&USAGE_COLUMNS)?;
-        frame = spans.union(frame)?;
-    }
-    Ok(frame)
+    let memory_frame = context.read_table(Arc::new(MemTable::try_new(usage_schema(), vec![vec![usage_batch(&memory)?]])?))?;
+    let posted = match posted {
+        Some(posted) => Some(posted.select_columns(&USAGE_COLUMNS)?),
+        None => None,
+    };
+    let skipped_spans: Vec<String> = slow.spans.keys().cloned().chain(posted_spans).collect();
+    let spans = match segment_rows(context, scan, organization_id, KIND_SPAN, skipped_spans.iter()).await? {
+        Some(spans) => Some(spans.filter(col("has_usage").is_true())?.select_columns(&USAGE_COLUMNS)?),
+        None => None,
+    };
+    Ok(UsageParts { memory: memory_frame, posted, spans, skipped_usage: slow.usage.keys().cloned().collect(), skipped_spans })
 }
 
-/// Reads the typed columns of the spans of `trace_ids` in the segment files,
-/// with their trace ids, minus the spans the scan merged itself. Each file is
+/// Reads the typed columns of the stored spans of `trace_ids`, with their
+/// trace ids, minus the spans the scan merged itself. Each segment file is
 /// queried only for the traces its Bloom filter may contain, so short lists
 /// let page statistics prune the reads.
 pub async fn span_rows_of_traces(
@@ -313,8 +350,17 @@ pub async fn span_rows_of_traces(
     ];
     let probes: Vec<bedrock_store::events::bloom::Probe> =
         trace_ids.iter().map(|id| bedrock_store::events::bloom::Probe::of(&[organization_id, id])).collect();
-    let keep = (!scan.slow.spans.is_empty()).then(|| keep_expr(organization_id, KIND_SPAN, scan.slow.spans.keys()));
+    if trace_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut reads = Vec::new();
+    if let Some(tier) = &scan.clickhouse {
+        let table =
+            ObjectsTable::new(tier.clone(), organization_id, KIND_SPAN, scan.slow.spans.keys().cloned().collect()).of_traces(trace_ids);
+        let frame = context.read_table(Arc::new(table))?;
+        reads.push(tokio::spawn(frame.select_columns(&columns)?.collect()));
+    }
+    let keep = (!scan.slow.spans.is_empty()).then(|| keep_expr(organization_id, KIND_SPAN, scan.slow.spans.keys()));
     for (index, path) in scan.paths.iter().enumerate() {
         let list: Vec<Expr> =
             trace_ids.iter().zip(&probes).filter(|(_, probe)| scan.may_hold_trace(index, **probe)).map(|(id, _)| lit(*id)).collect();

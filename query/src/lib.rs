@@ -1,5 +1,6 @@
 //! The read side: API views of traces and spans, and the queries over them.
 
+pub mod clickhouse;
 pub mod evals;
 pub mod fast;
 pub mod prices;

@@ -4,9 +4,10 @@
 //!
 //! NOTE: a scan merges the organization's whole event data in Rust before
 //! DataFusion sees it, so filters and limits are applied after the merge, not
-//! pushed into the segment scans. Lists that use only the trace's own fields
-//! read the typed segment columns instead (see [`crate::fast`]). This table
-//! serves the filters and sorts on span totals, and ClickHouse.
+//! pushed into the segment scans or into ClickHouse. Lists that use only the
+//! trace's own fields read the typed columns instead (see [`crate::fast`]).
+//! This table serves the filters and sorts on span totals (span types, span
+//! errors, cost, span count).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -382,11 +382,11 @@ impl TraceQueries {
 }
 
 impl TraceQueries {
-    /// Lists a page from the typed columns of the segments when the filters
-    /// and the sort use only fields of the trace itself. Returns `None` when
-    /// they use span totals (span types, span errors, cost, span count) or
-    /// the store has no segment files (ClickHouse): the general plan then
-    /// merges every object. Only the traces of the page are read whole.
+    /// Lists a page from the typed columns of the segments or of ClickHouse
+    /// when the filters and the sort use only fields of the trace itself.
+    /// Returns `None` when they use span totals (span types, span errors,
+    /// cost, span count): the general plan then merges every object (NOTE:
+    /// not pushed down). Only the traces of the page are read whole.
     async fn list_fast(
         &self,
         organization_id: &str,

@@ -155,6 +155,8 @@ impl TraceQueries {
     ) -> Result<ListPage, QueryError> {
         let states = match trace_id {
             Some(trace_id) => self.store.spans_of_trace(organization_id, trace_id).await?,
+            // NOTE: not pushed down: every span of the organization is
+            // merged here, from segments or from ClickHouse's `events`.
             None => self.store.all(organization_id).await?.spans,
         };
         let mut views: Vec<SpanView> = states

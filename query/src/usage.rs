@@ -17,7 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bedrock_store::events::usage::{Money, UsageRecord};
-use bedrock_store::events::{EventStore, FastScan};
+use bedrock_store::events::clickhouse::{ClickHouseTier, UsageSums, MAX_PUSHED_PRICE};
+use bedrock_store::events::pricing::PriceBook;
+use bedrock_store::events::EventStore;
 use bedrock_store::time::format_micros;
 use datafusion::arrow::array::{Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -343,40 +345,19 @@ impl UsageQueries {
         Ok((ListPage { count, results }, next))
     }
 
-    /// The filtered records of a summary from the typed columns of the
-    /// segments, with the [`usage_sums::COLUMNS`], and the scan that must
-    /// live until the frame is collected. `None` when the summary needs each
-    /// record's agent (which comes from its trace) or the store has no
-    /// segment files.
-    async fn fast_records(
+    /// Returns the groups of a summary from the typed columns, or `None`
+    /// when the summary needs each record's agent (which comes from its
+    /// trace) or the store has neither segment files nor ClickHouse.
+    async fn fast_groups(
         &self,
         organization_id: &str,
         filter: &UsageFilter,
         group_by: &[&str],
-    ) -> Result<Option<(DataFrame, FastScan)>, QueryError> {
+    ) -> Result<Option<Vec<usage_sums::Group>>, QueryError> {
         if !self.typed || filter.agent.is_some() || group_by.contains(&"agent") {
             return Ok(None);
         }
         let Some(scan) = self.store.fast_scan(organization_id).await? else {
-            return Ok(None);
-        };
-        let context = fast::scan_session();
-        let records = fast::usage_records(&context, &scan, organization_id).await?.select(vec![
-            col("model"),
-            col("trace_id"),
-            col("input_tokens"),
-            col("output_tokens"),
-            col("cached_tokens"),
-            col("reasoning_tokens"),
-            col("cost_nanos"),
-            col("usage_at").alias("timestamp"),
-        ])?;
-        Ok(Some((apply(records, filter_exprs(filter))?, scan)))
-    }
-
-    /// Returns the summary from the typed columns, or `None` when it needs the general plan.
-    async fn fast_summary(&self, organization_id: &str, filter: &UsageFilter, group_by: &[&str]) -> Result<Option<Value>, QueryError> {
-        let Some((records, _scan)) = self.fast_records(organization_id, filter, group_by).await? else {
             return Ok(None);
         };
         let prices = self.prices.book(organization_id).await?;
@@ -386,8 +367,43 @@ impl UsageQueries {
             hour: group_by.contains(&"hour"),
             trace: group_by.contains(&"trace"),
         };
-        let mut groups = usage_sums::sum_groups(records, prices, dimensions).await?;
+        let context = fast::scan_session();
+        let parts = fast::usage_parts(&context, &scan, organization_id).await?;
+        let summed = |records: DataFrame| -> Result<DataFrame, QueryError> {
+            let records = records.select(vec![
+                col("model"),
+                col("trace_id"),
+                col("input_tokens"),
+                col("output_tokens"),
+                col("cached_tokens"),
+                col("reasoning_tokens"),
+                col("cost_nanos"),
+                col("usage_at").alias("timestamp"),
+            ])?;
+            apply(records, filter_exprs(filter))
+        };
+        if let Some(tier) = &scan.clickhouse {
+            if let Some(stored) = clickhouse_groups(tier, organization_id, &parts, filter, dimensions, &prices).await? {
+                let mut groups = usage_sums::sum_groups(summed(parts.memory)?, prices, dimensions).await?;
+                groups.extend(stored);
+                return Ok(Some(usage_sums::merge_groups(groups)));
+            }
+        }
+        let mut records = parts.memory;
+        if let Some(posted) = parts.posted {
+            records = posted.union(records)?;
+        }
+        if let Some(spans) = parts.spans {
+            records = spans.union(records)?;
+        }
+        Ok(Some(usage_sums::sum_groups(summed(records)?, prices, dimensions).await?))
+    }
 
+    /// Returns the summary from the typed columns, or `None` when it needs the general plan.
+    async fn fast_summary(&self, organization_id: &str, filter: &UsageFilter, group_by: &[&str]) -> Result<Option<Value>, QueryError> {
+        let Some(mut groups) = self.fast_groups(organization_id, filter, group_by).await? else {
+            return Ok(None);
+        };
         let mut totals = usage_sums::Sums::default();
         for group in &groups {
             totals.add(&group.sums);
@@ -470,4 +486,66 @@ impl UsageQueries {
         summary["groups"] = Value::Array(groups);
         Ok(summary)
     }
+}
+
+/// Sums the stored records of a summary in ClickHouse, or returns `None`
+/// when a price or a token count is too large for its 64-bit arithmetic.
+async fn clickhouse_groups(
+    tier: &ClickHouseTier,
+    organization_id: &str,
+    parts: &fast::UsageParts,
+    filter: &UsageFilter,
+    dimensions: usage_sums::Dimensions,
+    book: &PriceBook,
+) -> Result<Option<Vec<usage_sums::Group>>, QueryError> {
+    let mut prices = Vec::new();
+    for model in tier.usage_models(organization_id).await? {
+        if let Some(price) = book.lookup(&model) {
+            let parts = [price.input.0, price.cached_input.0, price.output.0];
+            if model.is_empty() || parts.iter().any(|part| !(0..i128::from(MAX_PUSHED_PRICE)).contains(part)) {
+                return Ok(None);
+            }
+            prices.push((model, parts.map(|part| part as i64)));
+        }
+    }
+    let sums = UsageSums {
+        organization_id: organization_id.to_string(),
+        skipped_usage: parts.skipped_usage.clone(),
+        skipped_spans: parts.skipped_spans.clone(),
+        model: filter.model.clone(),
+        trace: filter.trace.clone(),
+        start: filter.start,
+        end: filter.end,
+        by_model: dimensions.model,
+        by_day: dimensions.day,
+        by_hour: dimensions.hour,
+        by_trace: dimensions.trace,
+        prices,
+    };
+    let rows = tier.sum_usage(&sums).await?;
+    if rows.iter().any(|row| row.oversized > 0) {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .map(|row| usage_sums::Group {
+                model: row.model,
+                day: dimensions.day.then_some(row.day),
+                hour: dimensions.hour.then_some(row.hour),
+                trace: (!row.trace.is_empty()).then_some(row.trace),
+                sums: usage_sums::Sums {
+                    records: row.records as i64,
+                    tokens: [
+                        row.input_tokens,
+                        row.output_tokens,
+                        row.cached_tokens,
+                        row.reasoning_tokens,
+                        row.input_tokens.wrapping_add(row.output_tokens),
+                    ],
+                    cost: i128::from(row.cost_high) * (1 << 32) + i128::from(row.cost_low),
+                    priced: row.priced as i64,
+                },
+            })
+            .collect(),
+    ))
 }

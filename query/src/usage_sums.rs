@@ -254,6 +254,15 @@ pub async fn sum_groups(frame: DataFrame, prices: Arc<PriceBook>, dimensions: Di
         .collect())
 }
 
+/// Adds up the groups that have the same keys.
+pub fn merge_groups(groups: Vec<Group>) -> Vec<Group> {
+    let mut merged: HashMap<(Option<String>, Option<i64>, Option<i64>, Option<String>), Sums> = HashMap::new();
+    for group in groups {
+        merged.entry((group.model, group.day, group.hour, group.trace)).or_default().add(&group.sums);
+    }
+    merged.into_iter().map(|((model, day, hour, trace), sums)| Group { model, day, hour, trace, sums }).collect()
+}
+
 /// Sorts groups by the dimensions in `order` (`model`, `day`, `hour` or
 /// `trace`), each ascending with absent keys first, as the general plan does.
 pub fn sort_groups(groups: &mut [Group], order: &[&str]) {

@@ -20,7 +20,10 @@ use bedrock_store::control::{
     Agent, ApiKey, ControlPlane, EvalCase, NewOrganization, NewUser, Review,
 };
 use bedrock_store::events::bulk::{create_row, BulkWriter};
-use bedrock_store::events::clickhouse::ClickHouseTier;
+use bedrock_store::events::clickhouse::{ClickHouseTier, TypedObject};
+use bedrock_store::events::typed::Typed;
+use bedrock_store::events::EventStore;
+use bedrock_store::StoreError;
 use bedrock_store::events::segment::{Applied, SegmentRow};
 use bedrock_store::events::model::{Op, SpanFields, TraceFields, Write};
 use clap::Parser;
@@ -333,7 +336,25 @@ impl Sink {
             Sink::Segments(writer) => writer.write(rows)?,
             Sink::ClickHouse { tier, inserts } => {
                 *inserts += 1;
+                // Every object is written once, whole, so its row alone gives its typed columns.
+                let objects = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(TypedObject {
+                            organization_id: row.organization_id.clone(),
+                            kind: row.kind,
+                            id: row.id.clone(),
+                            trace_id: row.trace_id.clone(),
+                            merged_rows: 1,
+                            typed: match &row.typed {
+                                Some(typed) => typed.clone(),
+                                None => Typed::of_json(row.kind, &row.state)?,
+                            },
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
                 tier.insert(rows, &Applied::default(), *inserts).await?;
+                tier.insert_objects(objects).await?;
             }
         }
         Ok(())
@@ -495,7 +516,10 @@ async fn main() -> anyhow::Result<()> {
     let mut sink = match &settings.clickhouse_url {
         Some(url) => {
             let instance = format!("datagen-{}", uuid::Uuid::new_v4());
-            Sink::ClickHouse { tier: ClickHouseTier::open(url, &instance).await?, inserts: 0 }
+            // Opening a store first applies the schema files and computes
+            // the typed columns of any objects stored before them.
+            drop(EventStore::open_clickhouse(url, &instance).await?);
+            Sink::ClickHouse { tier: ClickHouseTier::open(url, &instance).await?.0, inserts: 0 }
         }
         None => Sink::Segments(BulkWriter::open(&settings.data_dir.join("events"), settings.rows_per_segment)?),
     };

@@ -31,7 +31,7 @@ use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::prelude::{col, lit, Expr, ParquetReadOptions, SessionConfig, SessionContext};
 use serde::de::DeserializeOwned;
 
-use self::clickhouse::{ClickHouseTier, RowFilter};
+use self::clickhouse::{ClickHouseTier, RowFilter, TypedObject};
 use self::model::{Batch, Fields, Layered, SpanState, TraceState, UsageState, Write};
 use self::segment::{Applied, ObjectKey, SegmentFile, SegmentRow, KIND_SPAN, KIND_TRACE, KIND_USAGE};
 use self::typed::Typed;
@@ -219,6 +219,9 @@ pub struct FastScan {
     /// The exact merged state of every object in memory or with rows in
     /// several segments.
     pub slow: Objects,
+    /// On ClickHouse, in place of `paths`: the tier whose `objects` table
+    /// holds the typed columns of every flushed object, except those in `slow`.
+    pub clickhouse: Option<ClickHouseTier>,
     _files: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
@@ -457,10 +460,34 @@ impl EventStore {
     /// Opens a store whose flushes go to ClickHouse at `url`, as the instance
     /// `instance` (the owner of one write-ahead log), instead of to segments.
     pub async fn open_clickhouse(url: &str, instance: &str) -> Result<EventStore, StoreError> {
-        let tier = ClickHouseTier::open(url, instance).await?;
+        let (tier, backfills) = ClickHouseTier::open(url, instance).await?;
         let applied = tier.applied().await?;
         let mut tracker = AppliedTracker { through: applied.through, ..Default::default() };
         tracker.pending.extend(applied.extra.iter().copied().filter(|lsn| *lsn > applied.through));
+        if !backfills.is_empty() {
+            for organization_id in tier.organizations().await? {
+                let rows = tier.rows(&RowFilter::Organization(&organization_id)).await?;
+                for kind in [KIND_TRACE, KIND_SPAN, KIND_USAGE] {
+                    let rows: Vec<SegmentRow> = rows.iter().filter(|row| row.kind == kind).cloned().collect();
+                    tier.insert_objects(typed_objects(&organization_id, kind, &rows)?).await?;
+                }
+                tracing::info!(organization_id, rows = rows.len(), "typed columns of stored objects computed");
+            }
+            for version in backfills {
+                tier.record_migration(version).await?;
+            }
+        }
+        // A crash may have come between the last flush's rows and their
+        // typed columns: compute those again.
+        let mut last: HashMap<(String, &'static str), Vec<String>> = HashMap::new();
+        for (organization_id, kind, id) in tier.last_flush_objects().await? {
+            last.entry((organization_id, kind)).or_default().push(id);
+        }
+        for ((organization_id, kind), ids) in &last {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let rows = tier.rows(&RowFilter::Objects { organization_id, kind, ids }).await?;
+            tier.insert_objects(typed_objects(organization_id, kind, &rows)?).await?;
+        }
         tracing::info!(instance, applied_through = tracker.through, "event store opened on ClickHouse");
         Ok(EventStore {
             dir: PathBuf::new(),
@@ -576,9 +603,12 @@ impl EventStore {
                 .map_err(StoreError::internal)
                 .and_then(|rows| rows);
             let inserted = match rows {
-                Ok(rows) => {
+                Ok((rows, objects)) => {
                     let count = rows.len();
-                    tier.insert(rows, &applied, self.next_version()).await.map(|()| count)
+                    match tier.insert(rows, &applied, self.next_version()).await {
+                        Ok(()) => refresh_objects(tier, objects).await.map(|()| count),
+                        Err(err) => Err(err),
+                    }
                 }
                 Err(err) => Err(err),
             };
@@ -781,8 +811,11 @@ impl EventStore {
         // that do not name the trace (a close stored before its open arrived).
         // A span with one segment row, found above, has no other: only spans
         // with rows in several segments, or in memory, are read again by id.
+        // On ClickHouse, the read above returned every row of the spans it
+        // found, so only the other spans in memory are read by id.
         let reread: HashSet<String> = if self.clickhouse.is_some() {
-            ids.clone()
+            let found: HashSet<&str> = by_trace_rows.iter().map(|row| row.id.as_str()).collect();
+            memory_ids.iter().filter(|id| !found.contains(id.as_str())).cloned().collect()
         } else {
             let inner = self.lock();
             let in_segments = |id: &String| {
@@ -875,15 +908,44 @@ impl EventStore {
     /// need no merge. It lists the segment files to read through their typed
     /// columns, and merges every object that is in memory or has rows in
     /// several segments; the reader skips those objects' rows in the files.
-    /// Returns `None` on ClickHouse, which has no segment files.
+    /// On ClickHouse, the scan names the tier instead, and every object in
+    /// memory is merged.
     ///
     /// The scan holds the segment files until it is dropped, so they are
     /// neither replaced by compaction nor superseded by a flush meanwhile.
     pub async fn fast_scan(&self, organization_id: &str) -> Result<Option<FastScan>, StoreError> {
-        if self.clickhouse.is_some() {
-            return Ok(None);
-        }
         let files = self.files.clone().read_owned().await;
+        if let Some(tier) = &self.clickhouse {
+            let mut memory = Objects::default();
+            self.with_memory(|generation| {
+                merge_memory(&mut memory.traces, &generation.traces, organization_id);
+                merge_memory(&mut memory.spans, &generation.spans, organization_id);
+                merge_memory(&mut memory.usage, &generation.usage, organization_id);
+            });
+            let mut slow = Objects::default();
+            if !memory.traces.is_empty() {
+                let rows = tier.rows(&RowFilter::Objects { organization_id, kind: KIND_TRACE, ids: memory.traces.keys().map(String::as_str).collect() }).await?;
+                slow.traces = merge_segment_rows(&rows)?;
+            }
+            if !memory.spans.is_empty() {
+                let rows = tier.rows(&RowFilter::Objects { organization_id, kind: KIND_SPAN, ids: memory.spans.keys().map(String::as_str).collect() }).await?;
+                slow.spans = merge_segment_rows(&rows)?;
+            }
+            if !memory.usage.is_empty() {
+                let rows = tier.rows(&RowFilter::Objects { organization_id, kind: KIND_USAGE, ids: memory.usage.keys().map(String::as_str).collect() }).await?;
+                slow.usage = merge_segment_rows(&rows)?;
+            }
+            merge_newer_states(&mut slow.traces, memory.traces);
+            merge_newer_states(&mut slow.spans, memory.spans);
+            merge_newer_states(&mut slow.usage, memory.usage);
+            return Ok(Some(FastScan {
+                paths: Vec::new(),
+                trace_blooms: Vec::new(),
+                slow,
+                clickhouse: Some(tier.clone()),
+                _files: files,
+            }));
+        }
         let (paths, blooms, trace_blooms, mut multi) = {
             let inner = self.lock();
             let recent = inner.recent.as_ref().map(|(number, _)| *number);
@@ -932,7 +994,7 @@ impl EventStore {
         merge_newer_states(&mut slow.traces, memory.traces);
         merge_newer_states(&mut slow.spans, memory.spans);
         merge_newer_states(&mut slow.usage, memory.usage);
-        Ok(Some(FastScan { paths, trace_blooms, slow, _files: files }))
+        Ok(Some(FastScan { paths, trace_blooms, slow, clickhouse: None, _files: files }))
     }
 
     /// Returns the merged state of one usage record posted by a client.
@@ -1385,7 +1447,8 @@ impl<'a> BufferedObject<'a> {
     }
 
     /// Returns the row of this object for ClickHouse, its state serialized
-    /// as JSON. ClickHouse stores no typed columns, so none are computed.
+    /// as JSON. ClickHouse keeps typed columns in another table, so none are
+    /// computed here.
     fn row(&self) -> Result<SegmentRow, StoreError> {
         let mut state = Vec::new();
         self.write_state(&mut state)?;
@@ -1494,9 +1557,85 @@ fn write_generation(dir: &Path, number: u64, generation: &Generation, applied: &
     writer.finish()
 }
 
-/// Returns the ClickHouse rows of every object of a generation, unordered.
-fn generation_rows(generation: &Generation) -> Result<Vec<SegmentRow>, StoreError> {
-    generation_objects(generation).iter().map(BufferedObject::row).collect()
+/// Returns the ClickHouse rows of every object of a generation, unordered,
+/// and the typed columns of each object as if its row were its only one.
+fn generation_rows(generation: &Generation) -> Result<(Vec<SegmentRow>, Vec<TypedObject>), StoreError> {
+    let objects = generation_objects(generation);
+    let mut rows = Vec::with_capacity(objects.len());
+    let mut typed = Vec::with_capacity(objects.len());
+    for object in &objects {
+        rows.push(object.row()?);
+        typed.push(TypedObject {
+            organization_id: object.organization_id.to_string(),
+            kind: object.kind,
+            id: object.id.to_string(),
+            trace_id: object.trace_id.map(str::to_string),
+            merged_rows: 1,
+            typed: object.typed(),
+        });
+    }
+    Ok((rows, typed))
+}
+
+/// Writes the typed columns of the objects a flush just inserted. An object
+/// whose one row is that flush's keeps the columns computed from the buffer;
+/// the others are resolved from all their rows.
+///
+/// NOTE: counting the rows right after the insert finds those of another
+/// instance's flush of the same object whenever that insert came first, so
+/// of two concurrent flushes the later one writes the merged columns. That
+/// holds on one ClickHouse server; replicas that lag would need the count
+/// to read from the replica that took the insert.
+async fn refresh_objects(tier: &ClickHouseTier, flushed: Vec<TypedObject>) -> Result<(), StoreError> {
+    let mut groups: HashMap<(String, &'static str), Vec<TypedObject>> = HashMap::new();
+    for object in flushed {
+        groups.entry((object.organization_id.clone(), object.kind)).or_default().push(object);
+    }
+    let mut resolved = Vec::new();
+    for ((organization_id, kind), objects) in groups {
+        let ids: Vec<&str> = objects.iter().map(|object| object.id.as_str()).collect();
+        let counts = tier.row_counts(&organization_id, kind, &ids).await?;
+        let (single, several): (Vec<TypedObject>, Vec<TypedObject>) =
+            objects.into_iter().partition(|object| counts.get(&object.id) == Some(&1));
+        resolved.extend(single);
+        if !several.is_empty() {
+            let ids: Vec<&str> = several.iter().map(|object| object.id.as_str()).collect();
+            let rows = tier.rows(&RowFilter::Objects { organization_id: &organization_id, kind, ids }).await?;
+            resolved.extend(typed_objects(&organization_id, kind, &rows)?);
+        }
+    }
+    tier.insert_objects(resolved).await
+}
+
+/// Resolves the typed columns of the objects of one kind from all their
+/// rows, given in flush order.
+fn typed_objects(organization_id: &str, kind: &'static str, rows: &[SegmentRow]) -> Result<Vec<TypedObject>, StoreError> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for row in rows {
+        *counts.entry(row.id.as_str()).or_default() += 1;
+    }
+    let object = |id: String, trace_id: Option<String>, typed: Typed| TypedObject {
+        organization_id: organization_id.to_string(),
+        kind,
+        merged_rows: counts.get(id.as_str()).copied().unwrap_or(1),
+        id,
+        trace_id,
+        typed,
+    };
+    Ok(match kind {
+        KIND_TRACE => merge_segment_rows::<model::TraceFields>(rows)?
+            .into_iter()
+            .map(|(id, state)| object(id.clone(), Some(id), Typed::of_trace(&state)))
+            .collect(),
+        KIND_SPAN => merge_segment_rows::<model::SpanFields>(rows)?
+            .into_iter()
+            .map(|(id, state)| object(id, state.resolve().trace_id, Typed::of_span(&state)))
+            .collect(),
+        _ => merge_segment_rows::<model::UsageFields>(rows)?
+            .into_iter()
+            .map(|(id, state)| object(id, state.resolve().trace_id, Typed::of_usage(&state)))
+            .collect(),
+    })
 }
 
 fn clone_generation(shared: &Generation) -> Generation {
