@@ -157,6 +157,7 @@ pub enum SqlValue {
     Float(f64),
     /// Bound as an array, for `IN (SELECT arrayJoin(?))`.
     Texts(Vec<String>),
+    Ints(Vec<i64>),
 }
 
 /// A read of `objects`: the rows of one kind of one organization, except
@@ -328,6 +329,31 @@ impl ClickHouseTier {
         Ok(counts.into_iter().collect())
     }
 
+    /// Returns the highest `merged_rows` of each of the objects `ids` of one
+    /// kind in `objects`, or of every object of that kind when `ids` is `None`.
+    pub async fn merged_rows(
+        &self,
+        organization_id: &str,
+        kind: &'static str,
+        ids: Option<&[&str]>,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let query = match ids {
+            Some(ids) => self
+                .client
+                .query("SELECT id, max(merged_rows) FROM objects WHERE organization_id = ? AND kind = ? AND id IN (SELECT arrayJoin(?)) GROUP BY id")
+                .bind(organization_id)
+                .bind(kind)
+                .bind(if ids.is_empty() { &[""][..] } else { ids }),
+            None => self
+                .client
+                .query("SELECT id, max(merged_rows) FROM objects WHERE organization_id = ? AND kind = ? GROUP BY id")
+                .bind(organization_id)
+                .bind(kind),
+        };
+        let rows: Vec<(String, u64)> = query.fetch_all().await.map_err(unavailable)?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Writes the typed columns of `objects`.
     pub async fn insert_objects(&self, objects: Vec<TypedObject>) -> Result<(), StoreError> {
         if objects.is_empty() {
@@ -459,56 +485,45 @@ impl ClickHouseTier {
 
 impl ClickHouseTier {
     /// Reads the columns `select` names of the objects it selects, as one
-    /// batch with the segment schema's types. With
-    /// no columns, the batch has no columns and one row per object.
-    ///
-    /// The table is read with FINAL, so each object's newest row is the one
-    /// filtered, and conditions stay in WHERE, which ClickHouse applies after
-    /// FINAL (moved to PREWHERE, they would see older rows).
+    /// batch with the segment schema's types. With no columns, the batch has
+    /// no columns and one row per object.
     pub async fn select_objects(&self, select: &ObjectSelect) -> Result<RecordBatch, StoreError> {
         for column in &select.columns {
             if !OBJECT_COLUMNS.contains(column) {
                 return Err(StoreError::Internal(format!("objects has no column {column:?}")));
             }
         }
-        let mut sql = String::from("SELECT ");
-        sql.push_str(&if select.columns.is_empty() { "count()".to_string() } else { select.columns.join(", ") });
-        sql.push_str(" FROM objects FINAL WHERE organization_id = ? AND kind = ?");
+        let mut condition = String::from("organization_id = ? AND kind = ?");
+        let mut params = vec![SqlValue::Text(select.organization_id.clone()), SqlValue::Text(select.kind.to_string())];
         if !select.skipped.is_empty() {
-            sql.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
+            condition.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
+            params.push(SqlValue::Texts(select.skipped.clone()));
         }
-        if select.traces.is_some() {
-            sql.push_str(
+        if let Some(traces) = &select.traces {
+            condition.push_str(
                 " AND id IN (SELECT id FROM trace_spans WHERE organization_id = ? AND trace_id IN (SELECT arrayJoin(?))) \
                  AND trace_id IN (SELECT arrayJoin(?))",
             );
+            // An empty array has no element type in ClickHouse 18.16.
+            let traces = if traces.is_empty() { vec![String::new()] } else { traces.clone() };
+            params.push(SqlValue::Text(select.organization_id.clone()));
+            params.push(SqlValue::Texts(traces.clone()));
+            params.push(SqlValue::Texts(traces));
         }
-        if let Some(condition) = &select.condition {
-            sql.push_str(" AND (");
-            sql.push_str(condition);
-            sql.push(')');
+        if let Some(extra) = &select.condition {
+            condition.push_str(" AND (");
+            condition.push_str(extra);
+            condition.push(')');
+            params.extend(select.params.iter().cloned());
         }
+        let mut binds = Vec::new();
+        let columns = if select.columns.is_empty() { "id".to_string() } else { select.columns.join(", ") };
+        let rows = newest_objects(&columns, &condition, &params, &select.organization_id, &mut binds);
+        let mut sql = if select.columns.is_empty() { format!("SELECT count() FROM ({rows})") } else { format!("SELECT * FROM ({rows})") };
         if let (Some(limit), false) = (select.limit, select.columns.is_empty()) {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        let mut query = self.client.query(&sql).bind(select.organization_id.as_str()).bind(select.kind);
-        if !select.skipped.is_empty() {
-            query = query.bind(select.skipped.as_slice());
-        }
-        if let Some(traces) = &select.traces {
-            // An empty array has no element type in ClickHouse 18.16.
-            let traces = if traces.is_empty() { vec![String::new()] } else { traces.clone() };
-            query = query.bind(select.organization_id.as_str()).bind(traces.as_slice()).bind(traces.as_slice());
-        }
-        for param in &select.params {
-            query = match param {
-                SqlValue::Text(text) => query.bind(text.as_str()),
-                SqlValue::Int(value) => query.bind(*value),
-                SqlValue::Float(value) => query.bind(*value),
-                SqlValue::Texts(texts) => query.bind(texts.as_slice()),
-            };
-        }
-        let query = query.with_setting("optimize_move_to_prewhere", "0");
+        let query = bind_all(self.client.query(&sql), &binds);
         if select.columns.is_empty() {
             let count: u64 = query.fetch_one().await.map_err(unavailable)?;
             let rows = select.limit.map_or(count, |limit| count.min(limit as u64));
@@ -522,6 +537,41 @@ impl ClickHouseTier {
         let bytes = query.fetch_bytes("RowBinary").map_err(unavailable)?.collect().await.map_err(unavailable)?;
         decode_row_binary(&bytes, &select.columns)
     }
+}
+
+/// Returns SQL that reads `columns` of the objects that `condition` selects,
+/// each from its newest row, and appends the values of its `?` to `binds`.
+///
+/// A flush writes an object's first row with `merged_rows = 1`, and only
+/// that one row unless the object has several rows in `events`. So the rows
+/// with `merged_rows = 1` of the objects without rows above 1 are read as
+/// they are, with the condition in PREWHERE, and only the few other objects
+/// are read with FINAL, which merges rows by key and so reads far slower.
+/// With FINAL, the condition stays in WHERE, which ClickHouse applies after
+/// the merge (in PREWHERE it would see older rows).
+fn newest_objects(columns: &str, condition: &str, params: &[SqlValue], organization_id: &str, binds: &mut Vec<SqlValue>) -> String {
+    let several = "SELECT kind, id FROM objects WHERE organization_id = ? AND merged_rows > 1";
+    for _ in 0..2 {
+        binds.extend(params.iter().cloned());
+        binds.push(SqlValue::Text(organization_id.to_string()));
+    }
+    format!(
+        "SELECT {columns} FROM objects PREWHERE {condition} WHERE merged_rows = 1 AND (kind, id) NOT IN ({several}) \
+         UNION ALL SELECT {columns} FROM objects FINAL WHERE ({condition}) AND (kind, id) IN ({several})"
+    )
+}
+
+fn bind_all(mut query: clickhouse::query::Query, binds: &[SqlValue]) -> clickhouse::query::Query {
+    for value in binds {
+        query = match value {
+            SqlValue::Text(text) => query.bind(text.as_str()),
+            SqlValue::Int(value) => query.bind(*value),
+            SqlValue::Float(value) => query.bind(*value),
+            SqlValue::Texts(texts) => query.bind(texts.as_slice()),
+            SqlValue::Ints(values) => query.bind(values.as_slice()),
+        };
+    }
+    query.with_setting("optimize_move_to_prewhere", "0")
 }
 
 /// A usage summary summed in ClickHouse: the usage records of one
@@ -582,7 +632,7 @@ impl ClickHouseTier {
     /// and perhaps a few more: older rows are read too.
     pub async fn usage_models(&self, organization_id: &str) -> Result<Vec<String>, StoreError> {
         self.client
-            .query("SELECT DISTINCT model FROM objects WHERE organization_id = ? AND isNotNull(model)")
+            .query("SELECT DISTINCT model FROM objects PREWHERE has_usage = 1 WHERE organization_id = ? AND isNotNull(model)")
             .bind(organization_id)
             .fetch_all::<Option<String>>()
             .await
@@ -606,40 +656,38 @@ impl ClickHouseTier {
         let day = if sums.by_day { bucket(DAY) } else { "toInt64(0)".to_string() };
         let hour = if sums.by_hour { bucket(HOUR) } else { "toInt64(0)".to_string() };
         let trace = if sums.by_trace { "trace_id" } else { "''" };
-        let mut conditions = Vec::new();
-        if sums.model.is_some() {
-            conditions.push(" AND model = ?");
+        // An empty array has no element type in ClickHouse 18.16.
+        let skipped = |ids: &[String]| SqlValue::Texts(if ids.is_empty() { vec![String::new()] } else { ids.to_vec() });
+        let mut condition = String::from(
+            "organization_id = ? AND ((kind = ? AND id NOT IN (SELECT arrayJoin(?))) \
+             OR (kind = ? AND has_usage = 1 AND id NOT IN (SELECT arrayJoin(?))))",
+        );
+        let mut params = vec![
+            SqlValue::Text(sums.organization_id.clone()),
+            SqlValue::Text(KIND_USAGE.to_string()),
+            skipped(&sums.skipped_usage),
+            SqlValue::Text(KIND_SPAN.to_string()),
+            skipped(&sums.skipped_spans),
+        ];
+        if let Some(model) = &sums.model {
+            condition.push_str(" AND model = ?");
+            params.push(SqlValue::Text(model.clone()));
         }
-        if sums.trace.is_some() {
-            conditions.push(" AND trace_id = ?");
+        if let Some(trace) = &sums.trace {
+            condition.push_str(" AND trace_id = ?");
+            params.push(SqlValue::Text(trace.clone()));
         }
-        if sums.start.is_some() {
-            conditions.push(" AND usage_at >= ?");
+        if let Some(start) = sums.start {
+            condition.push_str(" AND usage_at >= ?");
+            params.push(SqlValue::Int(start));
         }
-        if sums.end.is_some() {
-            conditions.push(" AND usage_at < ?");
+        if let Some(end) = sums.end {
+            condition.push_str(" AND usage_at < ?");
+            params.push(SqlValue::Int(end));
         }
+
         // Entry 1 of the price arrays stands for "no price", so they are
         // never empty; a model of '' has no price.
-        let sql = format!(
-            "SELECT {model} AS model, {day} AS day, {hour} AS hour, {trace} AS trace, count() AS records, \
-             sum(ifNull(input_tokens, 0)), sum(ifNull(output_tokens, 0)), sum(ifNull(cached_tokens, 0)), \
-             sum(ifNull(reasoning_tokens, 0)), countIf(isNotNull(cost_nanos) OR price > 1), \
-             sum(intDiv(cost, toInt64(4294967296))), sum(cost % toInt64(4294967296)), \
-             countIf(isNull(cost_nanos) AND price > 1 AND (input > {MAX_PUSHED_TOKENS} OR output > {MAX_PUSHED_TOKENS})) \
-             FROM (SELECT model, usage_at, trace_id, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
-               indexOf(?, ifNull(model, '')) AS price, \
-               greatest(ifNull(input_tokens, 0), 0) AS input, greatest(ifNull(output_tokens, 0), 0) AS output, \
-               least(greatest(ifNull(cached_tokens, 0), 0), input) AS cached, input - cached AS uncached, \
-               uncached * arrayElement(?, price) + cached * arrayElement(?, price) + output * arrayElement(?, price) AS whole, \
-               uncached * arrayElement(?, price) + cached * arrayElement(?, price) + output * arrayElement(?, price) AS rest, \
-               if(isNotNull(cost_nanos), assumeNotNull(cost_nanos), \
-                  if(price > 1, whole + intDiv(rest, 1000000) + if((rest % 1000000) * 2 >= 1000000, 1, 0), 0)) AS cost \
-             FROM objects FINAL WHERE organization_id = ? \
-               AND ((kind = ? AND id NOT IN (SELECT arrayJoin(?))) OR (kind = ? AND has_usage = 1 AND id NOT IN (SELECT arrayJoin(?)))){}) \
-             GROUP BY model, day, hour, trace",
-            conditions.concat()
-        );
         let mut names = vec![String::new()];
         let mut parts: [Vec<i64>; 6] = Default::default();
         for part in &mut parts {
@@ -655,31 +703,33 @@ impl ClickHouseTier {
                 parts[index + 3].push(value % 1_000_000);
             }
         }
-        // An empty array has no element type in ClickHouse 18.16.
-        let skipped = |ids: &[String]| if ids.is_empty() { vec![String::new()] } else { ids.to_vec() };
-        let mut query = self.client.query(&sql).bind(names.as_slice());
-        for part in &parts {
-            query = query.bind(part.as_slice());
-        }
-        query = query
-            .bind(sums.organization_id.as_str())
-            .bind(KIND_USAGE)
-            .bind(skipped(&sums.skipped_usage))
-            .bind(KIND_SPAN)
-            .bind(skipped(&sums.skipped_spans));
-        if let Some(model) = &sums.model {
-            query = query.bind(model.as_str());
-        }
-        if let Some(trace) = &sums.trace {
-            query = query.bind(trace.as_str());
-        }
-        if let Some(start) = sums.start {
-            query = query.bind(start);
-        }
-        if let Some(end) = sums.end {
-            query = query.bind(end);
-        }
-        query.with_setting("optimize_move_to_prewhere", "0").fetch_all().await.map_err(unavailable)
+        let mut binds = vec![SqlValue::Texts(names)];
+        binds.extend(parts.into_iter().map(SqlValue::Ints));
+        let records = newest_objects(
+            "model, usage_at, trace_id, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos",
+            &condition,
+            &params,
+            &sums.organization_id,
+            &mut binds,
+        );
+        let sql = format!(
+            "SELECT {model} AS model, {day} AS day, {hour} AS hour, {trace} AS trace, count() AS records, \
+             sum(ifNull(input_tokens, 0)), sum(ifNull(output_tokens, 0)), sum(ifNull(cached_tokens, 0)), \
+             sum(ifNull(reasoning_tokens, 0)), countIf(isNotNull(cost_nanos) OR price > 1), \
+             sum(intDiv(cost, toInt64(4294967296))), sum(cost % toInt64(4294967296)), \
+             countIf(isNull(cost_nanos) AND price > 1 AND (input > {MAX_PUSHED_TOKENS} OR output > {MAX_PUSHED_TOKENS})) \
+             FROM (SELECT model, usage_at, trace_id, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
+               indexOf(?, ifNull(model, '')) AS price, \
+               greatest(ifNull(input_tokens, 0), 0) AS input, greatest(ifNull(output_tokens, 0), 0) AS output, \
+               least(greatest(ifNull(cached_tokens, 0), 0), input) AS cached, input - cached AS uncached, \
+               uncached * arrayElement(?, price) + cached * arrayElement(?, price) + output * arrayElement(?, price) AS whole, \
+               uncached * arrayElement(?, price) + cached * arrayElement(?, price) + output * arrayElement(?, price) AS rest, \
+               if(isNotNull(cost_nanos), assumeNotNull(cost_nanos), \
+                  if(price > 1, whole + intDiv(rest, 1000000) + if((rest % 1000000) * 2 >= 1000000, 1, 0), 0)) AS cost \
+             FROM ({records})) \
+             GROUP BY model, day, hour, trace"
+        );
+        bind_all(self.client.query(&sql), &binds).fetch_all().await.map_err(unavailable)
     }
 }
 

@@ -469,7 +469,8 @@ impl EventStore {
                 let rows = tier.rows(&RowFilter::Organization(&organization_id)).await?;
                 for kind in [KIND_TRACE, KIND_SPAN, KIND_USAGE] {
                     let rows: Vec<SegmentRow> = rows.iter().filter(|row| row.kind == kind).cloned().collect();
-                    tier.insert_objects(typed_objects(&organization_id, kind, &rows)?).await?;
+                    let stored = tier.merged_rows(&organization_id, kind, None).await?;
+                    tier.insert_objects(newer_than_stored(typed_objects(&organization_id, kind, &rows)?, &stored)).await?;
                 }
                 tracing::info!(organization_id, rows = rows.len(), "typed columns of stored objects computed");
             }
@@ -485,8 +486,9 @@ impl EventStore {
         }
         for ((organization_id, kind), ids) in &last {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let stored = tier.merged_rows(organization_id, kind, Some(&ids)).await?;
             let rows = tier.rows(&RowFilter::Objects { organization_id, kind, ids }).await?;
-            tier.insert_objects(typed_objects(organization_id, kind, &rows)?).await?;
+            tier.insert_objects(newer_than_stored(typed_objects(organization_id, kind, &rows)?, &stored)).await?;
         }
         tracing::info!(instance, applied_through = tracker.through, "event store opened on ClickHouse");
         Ok(EventStore {
@@ -1605,6 +1607,13 @@ async fn refresh_objects(tier: &ClickHouseTier, flushed: Vec<TypedObject>) -> Re
         }
     }
     tier.insert_objects(resolved).await
+}
+
+/// Keeps the objects merged from more rows than `objects` already has for
+/// them. Readers take an object's single row with `merged_rows = 1` as it
+/// is, so that row must never be written twice.
+fn newer_than_stored(objects: Vec<TypedObject>, stored: &HashMap<String, u64>) -> Vec<TypedObject> {
+    objects.into_iter().filter(|object| stored.get(&object.id).is_none_or(|rows| *rows < object.merged_rows)).collect()
 }
 
 /// Resolves the typed columns of the objects of one kind from all their
