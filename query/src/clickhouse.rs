@@ -28,6 +28,7 @@ pub struct ObjectsTable {
     kind: &'static str,
     skipped: Vec<String>,
     traces: Option<Vec<String>>,
+    merged: bool,
     schema: SchemaRef,
 }
 
@@ -41,8 +42,18 @@ impl fmt::Debug for ObjectsTable {
 const COLUMNS: &[&str] = &OBJECT_COLUMNS;
 
 impl ObjectsTable {
-    pub fn new(tier: ClickHouseTier, organization_id: &str, kind: &'static str, skipped: Vec<String>) -> ObjectsTable {
-        ObjectsTable { tier, organization_id: organization_id.to_string(), kind, skipped, traces: None, schema: object_schema(COLUMNS) }
+    /// `merged` says whether some object has rows merged from several
+    /// flushes, as [`bedrock_store::events::FastScan::merged`].
+    pub fn new(tier: ClickHouseTier, organization_id: &str, kind: &'static str, skipped: Vec<String>, merged: bool) -> ObjectsTable {
+        ObjectsTable {
+            tier,
+            organization_id: organization_id.to_string(),
+            kind,
+            skipped,
+            traces: None,
+            merged,
+            schema: object_schema(COLUMNS),
+        }
     }
 
     /// Keeps only the spans of `trace_ids`, found through ClickHouse's
@@ -188,6 +199,7 @@ impl TableProvider for ObjectsTable {
             params,
             skipped: self.skipped.clone(),
             traces: self.traces.clone(),
+            merged: self.merged,
             limit,
         };
         let batch = self.tier.select_objects(&select).await.map_err(|err| DataFusionError::External(Box::new(err)))?;

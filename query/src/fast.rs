@@ -148,7 +148,7 @@ async fn segment_rows<'a>(
     skipped: impl Iterator<Item = &'a String>,
 ) -> Result<Option<DataFrame>> {
     if let Some(tier) = &scan.clickhouse {
-        let table = ObjectsTable::new(tier.clone(), organization_id, kind, skipped.cloned().collect());
+        let table = ObjectsTable::new(tier.clone(), organization_id, kind, skipped.cloned().collect(), scan.merged);
         return Ok(Some(context.read_table(Arc::new(table))?));
     }
     if scan.paths.is_empty() {
@@ -356,7 +356,8 @@ pub async fn span_rows_of_traces(
     let mut reads = Vec::new();
     if let Some(tier) = &scan.clickhouse {
         let table =
-            ObjectsTable::new(tier.clone(), organization_id, KIND_SPAN, scan.slow.spans.keys().cloned().collect()).of_traces(trace_ids);
+            ObjectsTable::new(tier.clone(), organization_id, KIND_SPAN, scan.slow.spans.keys().cloned().collect(), scan.merged)
+                .of_traces(trace_ids);
         let frame = context.read_table(Arc::new(table))?;
         reads.push(tokio::spawn(frame.select_columns(&columns)?.collect()));
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bedrock_store::events::usage::{Money, UsageRecord};
 use bedrock_store::events::clickhouse::{ClickHouseTier, UsageSums, MAX_PUSHED_PRICE};
 use bedrock_store::events::pricing::PriceBook;
-use bedrock_store::events::EventStore;
+use bedrock_store::events::{EventStore, FastScan};
 use bedrock_store::time::format_micros;
 use datafusion::arrow::array::{Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -383,7 +383,7 @@ impl UsageQueries {
             apply(records, filter_exprs(filter))
         };
         if let Some(tier) = &scan.clickhouse {
-            if let Some(stored) = clickhouse_groups(tier, organization_id, &parts, filter, dimensions, &prices).await? {
+            if let Some(stored) = clickhouse_groups(tier, organization_id, &scan, &parts, filter, dimensions, &prices).await? {
                 let mut groups = usage_sums::sum_groups(summed(parts.memory)?, prices, dimensions).await?;
                 groups.extend(stored);
                 return Ok(Some(usage_sums::merge_groups(groups)));
@@ -493,6 +493,7 @@ impl UsageQueries {
 async fn clickhouse_groups(
     tier: &ClickHouseTier,
     organization_id: &str,
+    scan: &FastScan,
     parts: &fast::UsageParts,
     filter: &UsageFilter,
     dimensions: usage_sums::Dimensions,
@@ -521,6 +522,7 @@ async fn clickhouse_groups(
         by_hour: dimensions.hour,
         by_trace: dimensions.trace,
         prices,
+        merged: scan.merged,
     };
     let rows = tier.sum_usage(&sums).await?;
     if rows.iter().any(|row| row.oversized > 0) {

@@ -174,6 +174,9 @@ pub struct ObjectSelect {
     pub skipped: Vec<String>,
     /// When set, only the spans of these traces, found through `trace_spans`.
     pub traces: Option<Vec<String>>,
+    /// Whether some object of the organization has rows with `merged_rows`
+    /// above 1 (see [`ClickHouseTier::has_merged_objects`]).
+    pub merged: bool,
     pub limit: Option<usize>,
 }
 
@@ -327,6 +330,19 @@ impl ClickHouseTier {
             .await
             .map_err(unavailable)?;
         Ok(counts.into_iter().collect())
+    }
+
+    /// Reports whether some object of the organization has a row in
+    /// `objects` merged from several rows of `events`.
+    pub async fn has_merged_objects(&self, organization_id: &str) -> Result<bool, StoreError> {
+        let found: Vec<u8> = self
+            .client
+            .query("SELECT 1 FROM objects PREWHERE merged_rows > 1 WHERE organization_id = ? LIMIT 1")
+            .bind(organization_id)
+            .fetch_all()
+            .await
+            .map_err(unavailable)?;
+        Ok(!found.is_empty())
     }
 
     /// Returns the highest `merged_rows` of each of the objects `ids` of one
@@ -518,7 +534,7 @@ impl ClickHouseTier {
         }
         let mut binds = Vec::new();
         let columns = if select.columns.is_empty() { "id".to_string() } else { select.columns.join(", ") };
-        let rows = newest_objects(&columns, &condition, &params, &select.organization_id, &mut binds);
+        let rows = newest_objects(&columns, &condition, &params, &select.organization_id, select.merged, &mut binds);
         let mut sql = if select.columns.is_empty() { format!("SELECT count() FROM ({rows})") } else { format!("SELECT * FROM ({rows})") };
         if let (Some(limit), false) = (select.limit, select.columns.is_empty()) {
             sql.push_str(&format!(" LIMIT {limit}"));
@@ -549,15 +565,34 @@ impl ClickHouseTier {
 /// are read with FINAL, which merges rows by key and so reads far slower.
 /// With FINAL, the condition stays in WHERE, which ClickHouse applies after
 /// the merge (in PREWHERE it would see older rows).
-fn newest_objects(columns: &str, condition: &str, params: &[SqlValue], organization_id: &str, binds: &mut Vec<SqlValue>) -> String {
-    let several = "SELECT kind, id FROM objects WHERE organization_id = ? AND merged_rows > 1";
-    for _ in 0..2 {
+/// When no object of the organization has such rows (`merged` is false),
+/// only the single rows are read.
+fn newest_objects(
+    columns: &str,
+    condition: &str,
+    params: &[SqlValue],
+    organization_id: &str,
+    merged: bool,
+    binds: &mut Vec<SqlValue>,
+) -> String {
+    if !merged {
         binds.extend(params.iter().cloned());
-        binds.push(SqlValue::Text(organization_id.to_string()));
+        return format!("SELECT {columns} FROM objects PREWHERE {condition} WHERE merged_rows = 1");
     }
+    // PREWHERE reads the ids of the few rows above 1 only; the setting
+    // `optimize_move_to_prewhere = 0` that keeps FINAL exact would read all.
+    let several = "SELECT kind, id FROM objects PREWHERE merged_rows > 1 WHERE organization_id = ?";
+    binds.extend(params.iter().cloned());
+    binds.push(SqlValue::Text(organization_id.to_string()));
+    binds.extend(params.iter().cloned());
+    binds.push(SqlValue::Text(organization_id.to_string()));
+    binds.push(SqlValue::Text(organization_id.to_string()));
+    // The test on `id` alone lets the primary key narrow what FINAL reads
+    // (ClickHouse 18.16 does not use the key for tuples from a subquery).
     format!(
         "SELECT {columns} FROM objects PREWHERE {condition} WHERE merged_rows = 1 AND (kind, id) NOT IN ({several}) \
-         UNION ALL SELECT {columns} FROM objects FINAL WHERE ({condition}) AND (kind, id) IN ({several})"
+         UNION ALL SELECT {columns} FROM objects FINAL WHERE ({condition}) \
+         AND id IN (SELECT id FROM objects PREWHERE merged_rows > 1 WHERE organization_id = ?) AND (kind, id) IN ({several})"
     )
 }
 
@@ -598,6 +633,8 @@ pub struct UsageSums {
     /// uncached input, cached input and output tokens. Every price must be
     /// below [`MAX_PUSHED_PRICE`].
     pub prices: Vec<(String, [i64; 3])>,
+    /// As in [`ObjectSelect`].
+    pub merged: bool,
 }
 
 /// Prices from this one up, and token counts above [`MAX_PUSHED_TOKENS`],
@@ -656,19 +693,21 @@ impl ClickHouseTier {
         let day = if sums.by_day { bucket(DAY) } else { "toInt64(0)".to_string() };
         let hour = if sums.by_hour { bucket(HOUR) } else { "toInt64(0)".to_string() };
         let trace = if sums.by_trace { "trace_id" } else { "''" };
-        // An empty array has no element type in ClickHouse 18.16.
-        let skipped = |ids: &[String]| SqlValue::Texts(if ids.is_empty() { vec![String::new()] } else { ids.to_vec() });
-        let mut condition = String::from(
-            "organization_id = ? AND ((kind = ? AND id NOT IN (SELECT arrayJoin(?))) \
-             OR (kind = ? AND has_usage = 1 AND id NOT IN (SELECT arrayJoin(?))))",
-        );
-        let mut params = vec![
-            SqlValue::Text(sums.organization_id.clone()),
-            SqlValue::Text(KIND_USAGE.to_string()),
-            skipped(&sums.skipped_usage),
-            SqlValue::Text(KIND_SPAN.to_string()),
-            skipped(&sums.skipped_spans),
-        ];
+        // Reading every id to test it against an empty list would cost
+        // more than the rest of the sum: the test is left out then.
+        let mut params = vec![SqlValue::Text(sums.organization_id.clone()), SqlValue::Text(KIND_USAGE.to_string())];
+        let mut condition = String::from("organization_id = ? AND ((kind = ?");
+        if !sums.skipped_usage.is_empty() {
+            condition.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
+            params.push(SqlValue::Texts(sums.skipped_usage.clone()));
+        }
+        condition.push_str(") OR (kind = ? AND has_usage = 1");
+        params.push(SqlValue::Text(KIND_SPAN.to_string()));
+        if !sums.skipped_spans.is_empty() {
+            condition.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
+            params.push(SqlValue::Texts(sums.skipped_spans.clone()));
+        }
+        condition.push_str("))");
         if let Some(model) = &sums.model {
             condition.push_str(" AND model = ?");
             params.push(SqlValue::Text(model.clone()));
@@ -710,6 +749,7 @@ impl ClickHouseTier {
             &condition,
             &params,
             &sums.organization_id,
+            sums.merged,
             &mut binds,
         );
         let sql = format!(

@@ -222,6 +222,10 @@ pub struct FastScan {
     /// On ClickHouse, in place of `paths`: the tier whose `objects` table
     /// holds the typed columns of every flushed object, except those in `slow`.
     pub clickhouse: Option<ClickHouseTier>,
+    /// On ClickHouse, whether some stored object of the organization has
+    /// rows merged from several flushes, which reads must then pick among.
+    /// An object flushed after the scan began is in `slow`.
+    pub merged: bool,
     _files: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
@@ -945,6 +949,7 @@ impl EventStore {
                 trace_blooms: Vec::new(),
                 slow,
                 clickhouse: Some(tier.clone()),
+                merged: tier.has_merged_objects(organization_id).await?,
                 _files: files,
             }));
         }
@@ -996,7 +1001,7 @@ impl EventStore {
         merge_newer_states(&mut slow.traces, memory.traces);
         merge_newer_states(&mut slow.spans, memory.spans);
         merge_newer_states(&mut slow.usage, memory.usage);
-        Ok(Some(FastScan { paths, trace_blooms, slow, clickhouse: None, _files: files }))
+        Ok(Some(FastScan { paths, trace_blooms, slow, clickhouse: None, merged: false, _files: files }))
     }
 
     /// Returns the merged state of one usage record posted by a client.
