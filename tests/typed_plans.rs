@@ -289,7 +289,17 @@ async fn typed_plans_match(tier: Tier) {
     }
 
     // Reopened, the store rebuilds which objects span segments from the files.
+    // A price of a fraction of a nano-dollar per token makes each record's
+    // cost round on its own, which ClickHouse then computes record by record.
     store.flush().await.unwrap();
+    control
+        .execute_admin(&format!(
+            "INSERT INTO model_prices (id, organization_id, model, input_per_million, cached_input_per_million, \
+             output_per_million, created_at, updated_at) VALUES ('p1', '{ORGANIZATION}', 'claude-3-5-haiku', \
+             '0.800000123', '0.080000007', '4.000000001', 0, 0)"
+        ))
+        .await
+        .unwrap();
     drop((store, typed, general));
     let (store, typed, general) = open(dir.path(), &control, &tier).await;
     compare(&typed, &general, "reopened").await;

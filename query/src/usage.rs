@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bedrock_store::events::usage::{Money, UsageRecord};
 use bedrock_store::events::clickhouse::{ClickHouseTier, UsageSums, MAX_PUSHED_PRICE};
-use bedrock_store::events::pricing::PriceBook;
+use bedrock_store::events::pricing::{Price, PriceBook};
 use bedrock_store::events::{EventStore, FastScan};
 use bedrock_store::time::format_micros;
 use datafusion::arrow::array::{Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
@@ -490,6 +490,10 @@ impl UsageQueries {
 
 /// Sums the stored records of a summary in ClickHouse, or returns `None`
 /// when a price or a token count is too large for its 64-bit arithmetic.
+///
+/// Most prices are whole nano-dollars per token, and then ClickHouse only
+/// sums tokens: the costs follow from the sums exactly. Otherwise each
+/// record's cost is rounded on its own, so ClickHouse prices each record.
 async fn clickhouse_groups(
     tier: &ClickHouseTier,
     organization_id: &str,
@@ -499,17 +503,7 @@ async fn clickhouse_groups(
     dimensions: usage_sums::Dimensions,
     book: &PriceBook,
 ) -> Result<Option<Vec<usage_sums::Group>>, QueryError> {
-    let mut prices = Vec::new();
-    for model in tier.usage_models(organization_id).await? {
-        if let Some(price) = book.lookup(&model) {
-            let parts = [price.input.0, price.cached_input.0, price.output.0];
-            if model.is_empty() || parts.iter().any(|part| !(0..i128::from(MAX_PUSHED_PRICE)).contains(part)) {
-                return Ok(None);
-            }
-            prices.push((model, parts.map(|part| part as i64)));
-        }
-    }
-    let sums = UsageSums {
+    let mut sums = UsageSums {
         organization_id: organization_id.to_string(),
         skipped_usage: parts.skipped_usage.clone(),
         skipped_spans: parts.skipped_spans.clone(),
@@ -521,32 +515,76 @@ async fn clickhouse_groups(
         by_day: dimensions.day,
         by_hour: dimensions.hour,
         by_trace: dimensions.trace,
-        prices,
+        prices: Vec::new(),
         merged: scan.merged,
     };
+    let rows = tier.sum_usage_tokens(&sums).await?;
+    let mut prices: HashMap<Option<String>, Option<Price>> = HashMap::new();
+    let mut per_token = true;
+    for row in &rows {
+        let price = prices.entry(row.model.clone()).or_insert_with(|| row.model.as_deref().and_then(|model| book.lookup(model)));
+        let whole = |price: &Price| [price.input, price.cached_input, price.output].iter().all(|part| part.0 % 1_000_000 == 0);
+        if row.without_cost > 0 && price.as_ref().is_some_and(|price| !whole(price)) {
+            per_token = false;
+        }
+    }
+    let split = |high: i64, low: i64| i128::from(high) * (1 << 32) + i128::from(low);
+    let group = |model: Option<String>, day: i64, hour: i64, trace: String, sums: usage_sums::Sums| usage_sums::Group {
+        model: if dimensions.model { model } else { None },
+        day: dimensions.day.then_some(day),
+        hour: dimensions.hour.then_some(hour),
+        trace: (!trace.is_empty()).then_some(trace),
+        sums,
+    };
+    if per_token {
+        let groups = rows
+            .into_iter()
+            .map(|row| {
+                let mut cost = split(row.cost_high, row.cost_low);
+                let mut priced = row.with_cost as i64;
+                if let Some(Some(price)) = prices.get(&row.model) {
+                    cost += split(row.uncached_high, row.uncached_low) * (price.input.0 / 1_000_000)
+                        + split(row.cached_high, row.cached_low) * (price.cached_input.0 / 1_000_000)
+                        + split(row.output_high, row.output_low) * (price.output.0 / 1_000_000);
+                    priced += row.without_cost as i64;
+                }
+                let tokens = [
+                    row.input_tokens,
+                    row.output_tokens,
+                    row.cached_tokens,
+                    row.reasoning_tokens,
+                    row.input_tokens.wrapping_add(row.output_tokens),
+                ];
+                group(row.model, row.day, row.hour, row.trace, usage_sums::Sums { records: row.records as i64, tokens, cost, priced })
+            })
+            .collect();
+        return Ok(Some(usage_sums::merge_groups(groups)));
+    }
+
+    for (model, price) in prices {
+        let (Some(model), Some(price)) = (model, price) else { continue };
+        let parts = [price.input.0, price.cached_input.0, price.output.0];
+        if model.is_empty() || parts.iter().any(|part| !(0..i128::from(MAX_PUSHED_PRICE)).contains(part)) {
+            return Ok(None);
+        }
+        sums.prices.push((model, parts.map(|part| part as i64)));
+    }
     let rows = tier.sum_usage(&sums).await?;
     if rows.iter().any(|row| row.oversized > 0) {
         return Ok(None);
     }
     Ok(Some(
         rows.into_iter()
-            .map(|row| usage_sums::Group {
-                model: row.model,
-                day: dimensions.day.then_some(row.day),
-                hour: dimensions.hour.then_some(row.hour),
-                trace: (!row.trace.is_empty()).then_some(row.trace),
-                sums: usage_sums::Sums {
-                    records: row.records as i64,
-                    tokens: [
-                        row.input_tokens,
-                        row.output_tokens,
-                        row.cached_tokens,
-                        row.reasoning_tokens,
-                        row.input_tokens.wrapping_add(row.output_tokens),
-                    ],
-                    cost: i128::from(row.cost_high) * (1 << 32) + i128::from(row.cost_low),
-                    priced: row.priced as i64,
-                },
+            .map(|row| {
+                let tokens = [
+                    row.input_tokens,
+                    row.output_tokens,
+                    row.cached_tokens,
+                    row.reasoning_tokens,
+                    row.input_tokens.wrapping_add(row.output_tokens),
+                ];
+                let cost = split(row.cost_high, row.cost_low);
+                group(row.model, row.day, row.hour, row.trace, usage_sums::Sums { records: row.records as i64, tokens, cost, priced: row.priced as i64 })
             })
             .collect(),
     ))

@@ -664,66 +664,44 @@ pub struct UsageGroupRow {
     pub oversized: u64,
 }
 
-impl ClickHouseTier {
-    /// Lists the models that the usage records of an organization may name,
-    /// and perhaps a few more: older rows are read too.
-    pub async fn usage_models(&self, organization_id: &str) -> Result<Vec<String>, StoreError> {
-        self.client
-            .query("SELECT DISTINCT model FROM objects PREWHERE has_usage = 1 WHERE organization_id = ? AND isNotNull(model)")
-            .bind(organization_id)
-            .fetch_all::<Option<String>>()
-            .await
-            .map(|models| models.into_iter().flatten().collect())
-            .map_err(unavailable)
-    }
+/// One group of [`ClickHouseTier::sum_usage_tokens`]: its keys as in
+/// [`UsageGroupRow`], with the model always, and its sums. Client costs and
+/// the clamped token counts of the records without one are summed as their
+/// high and low 32 bits.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct UsageTokenRow {
+    pub model: Option<String>,
+    pub day: i64,
+    pub hour: i64,
+    pub trace: String,
+    pub records: u64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// Records with a client cost, and the sum of those costs.
+    pub with_cost: u64,
+    pub cost_high: i64,
+    pub cost_low: i64,
+    /// Records without a cost, and the sums of their tokens to price.
+    pub without_cost: u64,
+    pub uncached_high: i64,
+    pub uncached_low: i64,
+    pub cached_high: i64,
+    pub cached_low: i64,
+    pub output_high: i64,
+    pub output_low: i64,
+}
 
+impl ClickHouseTier {
     /// Sums usage records in ClickHouse, grouped as `sums` says. The cost of
     /// a record without one is computed as `pricing::cost_of` computes it:
     /// cached tokens clamped to the input, each price split into its
     /// millions and the rest, so the products fit in 64 bits, and rounded
     /// half up once per record.
     pub async fn sum_usage(&self, sums: &UsageSums) -> Result<Vec<UsageGroupRow>, StoreError> {
-        const DAY: i64 = 86_400_000_000;
-        const HOUR: i64 = 3_600_000_000;
-        let bucket = |size: i64| {
-            let size = format!("toInt64({size})");
-            format!("(ifNull(usage_at, 0) - ((ifNull(usage_at, 0) % {size}) + {size}) % {size})")
-        };
-        let model = if sums.by_model { "model".to_string() } else { "CAST(NULL AS Nullable(String))".to_string() };
-        let day = if sums.by_day { bucket(DAY) } else { "toInt64(0)".to_string() };
-        let hour = if sums.by_hour { bucket(HOUR) } else { "toInt64(0)".to_string() };
-        let trace = if sums.by_trace { "trace_id" } else { "''" };
-        // Reading every id to test it against an empty list would cost
-        // more than the rest of the sum: the test is left out then.
-        let mut params = vec![SqlValue::Text(sums.organization_id.clone()), SqlValue::Text(KIND_USAGE.to_string())];
-        let mut condition = String::from("organization_id = ? AND ((kind = ?");
-        if !sums.skipped_usage.is_empty() {
-            condition.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
-            params.push(SqlValue::Texts(sums.skipped_usage.clone()));
-        }
-        condition.push_str(") OR (kind = ? AND has_usage = 1");
-        params.push(SqlValue::Text(KIND_SPAN.to_string()));
-        if !sums.skipped_spans.is_empty() {
-            condition.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
-            params.push(SqlValue::Texts(sums.skipped_spans.clone()));
-        }
-        condition.push_str("))");
-        if let Some(model) = &sums.model {
-            condition.push_str(" AND model = ?");
-            params.push(SqlValue::Text(model.clone()));
-        }
-        if let Some(trace) = &sums.trace {
-            condition.push_str(" AND trace_id = ?");
-            params.push(SqlValue::Text(trace.clone()));
-        }
-        if let Some(start) = sums.start {
-            condition.push_str(" AND usage_at >= ?");
-            params.push(SqlValue::Int(start));
-        }
-        if let Some(end) = sums.end {
-            condition.push_str(" AND usage_at < ?");
-            params.push(SqlValue::Int(end));
-        }
+        let (model, day, hour, trace) = usage_keys(sums, sums.by_model);
+        let (condition, params) = usage_condition(sums);
 
         // Entry 1 of the price arrays stands for "no price", so they are
         // never empty; a model of '' has no price.
@@ -745,7 +723,7 @@ impl ClickHouseTier {
         let mut binds = vec![SqlValue::Texts(names)];
         binds.extend(parts.into_iter().map(SqlValue::Ints));
         let records = newest_objects(
-            "model, usage_at, trace_id, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos",
+            USAGE_RECORD_COLUMNS,
             &condition,
             &params,
             &sums.organization_id,
@@ -771,7 +749,94 @@ impl ClickHouseTier {
         );
         bind_all(self.client.query(&sql), &binds).fetch_all().await.map_err(unavailable)
     }
+
+    /// Sums usage records in ClickHouse, grouped by model and as `sums`
+    /// says, without pricing them: for the records without a cost, the sums
+    /// of their uncached input, cached input and output tokens, clamped as
+    /// `pricing::cost_of` clamps them. Where every price is a whole number
+    /// of nano-dollars per token, each record's cost is a sum of products,
+    /// so the cost of a group is the same sum over these sums, exactly.
+    /// `sums.prices` is not used.
+    pub async fn sum_usage_tokens(&self, sums: &UsageSums) -> Result<Vec<UsageTokenRow>, StoreError> {
+        let (model, day, hour, trace) = usage_keys(sums, true);
+        let (condition, params) = usage_condition(sums);
+        let mut binds = Vec::new();
+        let records = newest_objects(USAGE_RECORD_COLUMNS, &condition, &params, &sums.organization_id, sums.merged, &mut binds);
+        let split = |name: &str| format!("sum(intDiv({name}, toInt64(4294967296))), sum({name} % toInt64(4294967296))");
+        let sql = format!(
+            "SELECT {model} AS model, {day} AS day, {hour} AS hour, {trace} AS trace, count() AS records, \
+             sum(ifNull(input_tokens, 0)), sum(ifNull(output_tokens, 0)), sum(ifNull(cached_tokens, 0)), \
+             sum(ifNull(reasoning_tokens, 0)), countIf(isNotNull(cost_nanos)), {}, countIf(isNull(cost_nanos)), {}, {}, {} \
+             FROM (SELECT model, usage_at, trace_id, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
+               ifNull(cost_nanos, 0) AS client, \
+               if(isNull(cost_nanos), greatest(ifNull(input_tokens, 0), 0), 0) AS input, \
+               if(isNull(cost_nanos), greatest(ifNull(output_tokens, 0), 0), 0) AS output, \
+               least(if(isNull(cost_nanos), greatest(ifNull(cached_tokens, 0), 0), 0), input) AS cached, \
+               input - cached AS uncached \
+             FROM ({records})) \
+             GROUP BY model, day, hour, trace",
+            split("client"),
+            split("uncached"),
+            split("cached"),
+            split("output"),
+        );
+        bind_all(self.client.query(&sql), &binds).fetch_all().await.map_err(unavailable)
+    }
 }
+
+/// Returns the SQL of the group keys of a usage sum: model, day, hour and trace.
+fn usage_keys(sums: &UsageSums, by_model: bool) -> (String, String, String, &'static str) {
+    const DAY: i64 = 86_400_000_000;
+    const HOUR: i64 = 3_600_000_000;
+    let bucket = |size: i64| {
+        let size = format!("toInt64({size})");
+        format!("(ifNull(usage_at, 0) - ((ifNull(usage_at, 0) % {size}) + {size}) % {size})")
+    };
+    let model = if by_model { "model".to_string() } else { "CAST(NULL AS Nullable(String))".to_string() };
+    let day = if sums.by_day { bucket(DAY) } else { "toInt64(0)".to_string() };
+    let hour = if sums.by_hour { bucket(HOUR) } else { "toInt64(0)".to_string() };
+    let trace = if sums.by_trace { "trace_id" } else { "''" };
+    (model, day, hour, trace)
+}
+
+/// Returns the condition that selects the usage records of a sum, and its values.
+fn usage_condition(sums: &UsageSums) -> (String, Vec<SqlValue>) {
+    // Reading every id to test it against an empty list would cost
+    // more than the rest of the sum: the test is left out then.
+    let mut params = vec![SqlValue::Text(sums.organization_id.clone()), SqlValue::Text(KIND_USAGE.to_string())];
+    let mut condition = String::from("organization_id = ? AND ((kind = ?");
+    if !sums.skipped_usage.is_empty() {
+        condition.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
+        params.push(SqlValue::Texts(sums.skipped_usage.clone()));
+    }
+    condition.push_str(") OR (kind = ? AND has_usage = 1");
+    params.push(SqlValue::Text(KIND_SPAN.to_string()));
+    if !sums.skipped_spans.is_empty() {
+        condition.push_str(" AND id NOT IN (SELECT arrayJoin(?))");
+        params.push(SqlValue::Texts(sums.skipped_spans.clone()));
+    }
+    condition.push_str("))");
+    if let Some(model) = &sums.model {
+        condition.push_str(" AND model = ?");
+        params.push(SqlValue::Text(model.clone()));
+    }
+    if let Some(trace) = &sums.trace {
+        condition.push_str(" AND trace_id = ?");
+        params.push(SqlValue::Text(trace.clone()));
+    }
+    if let Some(start) = sums.start {
+        condition.push_str(" AND usage_at >= ?");
+        params.push(SqlValue::Int(start));
+    }
+    if let Some(end) = sums.end {
+        condition.push_str(" AND usage_at < ?");
+        params.push(SqlValue::Int(end));
+    }
+    (condition, params)
+}
+
+/// The columns of `objects` that usage sums read.
+const USAGE_RECORD_COLUMNS: &str = "model, usage_at, trace_id, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos";
 
 /// The Arrow schema of `columns` of `objects`.
 pub fn object_schema(columns: &[&str]) -> SchemaRef {
