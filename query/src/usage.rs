@@ -488,6 +488,12 @@ impl UsageQueries {
     }
 }
 
+/// Returns the token sums of a group as [`usage_sums::Sums`] holds them,
+/// with the total of input and output.
+fn token_sums(input: i64, output: i64, cached: i64, reasoning: i64) -> [i64; 5] {
+    [input, output, cached, reasoning, input.wrapping_add(output)]
+}
+
 /// Sums the stored records of a summary in ClickHouse, or returns `None`
 /// when a price or a token count is too large for its 64-bit arithmetic.
 ///
@@ -548,13 +554,7 @@ async fn clickhouse_groups(
                         + split(row.output_high, row.output_low) * (price.output.0 / 1_000_000);
                     priced += row.without_cost as i64;
                 }
-                let tokens = [
-                    row.input_tokens,
-                    row.output_tokens,
-                    row.cached_tokens,
-                    row.reasoning_tokens,
-                    row.input_tokens.wrapping_add(row.output_tokens),
-                ];
+                let tokens = token_sums(row.input_tokens, row.output_tokens, row.cached_tokens, row.reasoning_tokens);
                 group(row.model, row.day, row.hour, row.trace, usage_sums::Sums { records: row.records as i64, tokens, cost, priced })
             })
             .collect();
@@ -576,13 +576,7 @@ async fn clickhouse_groups(
     Ok(Some(
         rows.into_iter()
             .map(|row| {
-                let tokens = [
-                    row.input_tokens,
-                    row.output_tokens,
-                    row.cached_tokens,
-                    row.reasoning_tokens,
-                    row.input_tokens.wrapping_add(row.output_tokens),
-                ];
+                let tokens = token_sums(row.input_tokens, row.output_tokens, row.cached_tokens, row.reasoning_tokens);
                 let cost = split(row.cost_high, row.cost_low);
                 group(row.model, row.day, row.hour, row.trace, usage_sums::Sums { records: row.records as i64, tokens, cost, priced: row.priced as i64 })
             })

@@ -917,6 +917,11 @@ impl EventStore {
     /// On ClickHouse, the scan names the tier instead, and every object in
     /// memory is merged.
     ///
+    /// NOTE: on ClickHouse this reads the stored rows of every object in
+    /// memory by id, up to the buffer's tens of thousands under heavy
+    /// ingest, for each query. Noting which objects were new when buffered
+    /// would spare most of those reads.
+    ///
     /// The scan holds the segment files until it is dropped, so they are
     /// neither replaced by compaction nor superseded by a flush meanwhile.
     pub async fn fast_scan(&self, organization_id: &str) -> Result<Option<FastScan>, StoreError> {
