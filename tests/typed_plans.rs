@@ -171,6 +171,19 @@ async fn compare(typed: &(TraceQueries, UsageQueries), general: &(TraceQueries, 
         let slow = general.0.list_traces(ORGANIZATION, offset, 25).await.unwrap();
         assert_eq!((fast.count, &fast.results), (slow.count, &slow.results), "{stage}: /traces/ at offset {offset}");
     }
+    let spans: [(Option<&str>, Option<bool>); 4] = [(None, None), (Some("llm"), None), (None, Some(true)), (Some("checkpoint"), Some(false))];
+    for (kind, flagged) in spans {
+        for offset in [0, 7] {
+            let fast = typed.0.list_spans(ORGANIZATION, None, kind, flagged, offset, 30).await.unwrap();
+            let slow = general.0.list_spans(ORGANIZATION, None, kind, flagged, offset, 30).await.unwrap();
+            assert_eq!((fast.count, &fast.results), (slow.count, &slow.results), "{stage}: /spans/ {kind:?} {flagged:?} at {offset}");
+        }
+    }
+    if stage == "all written" {
+        let flagged = typed.0.list_spans(ORGANIZATION, None, None, Some(true), 0, 30).await.unwrap();
+        assert!(flagged.count > 0, "some spans should be flagged");
+    }
+
     let mut listed = 0;
     for filter in filters() {
         for sort in [(SortField::StartedAt, true), (SortField::DurationMs, false)] {

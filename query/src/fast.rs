@@ -225,6 +225,37 @@ pub async fn traces(context: &SessionContext, scan: &FastScan, organization_id: 
     frame.select(all)
 }
 
+/// Returns the columns of the fast `spans` table.
+fn span_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("span_type", segment::dictionary_type(), true),
+        Field::new("flagged", DataType::Boolean, true),
+        Field::new("started_at", DataType::Int64, true),
+        Field::new("first_seen", DataType::Int64, true),
+    ]))
+}
+
+/// Returns every span of the organization with the columns of [`span_schema`].
+pub async fn spans(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<DataFrame> {
+    let slow: Vec<(&String, Typed)> = scan.slow.spans.iter().map(|(id, state)| (id, Typed::of_span(state))).collect();
+    let batch = RecordBatch::try_new(
+        span_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(slow.iter().map(|(id, _)| id.as_str()))),
+            segment::dictionary_array(slow.iter().map(|(_, t)| t.span_type.as_deref())),
+            Arc::new(slow.iter().map(|(_, t)| t.flagged).collect::<BooleanArray>()),
+            Arc::new(slow.iter().map(|(_, t)| t.started_at).collect::<Int64Array>()),
+            Arc::new(slow.iter().map(|(_, t)| t.first_seen).collect::<Int64Array>()),
+        ],
+    )?;
+    let mut frame = context.read_table(Arc::new(MemTable::try_new(span_schema(), vec![vec![batch]])?))?;
+    if let Some(rows) = segment_rows(context, scan, organization_id, KIND_SPAN, scan.slow.spans.keys()).await? {
+        frame = rows.select_columns(&["id", "span_type", "flagged", "started_at", "first_seen"])?.union(frame)?;
+    }
+    Ok(frame)
+}
+
 /// Returns the columns of the fast `usage` table.
 fn usage_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -11,7 +11,7 @@ use bedrock_store::events::model::SpanFields;
 use bedrock_store::events::EventStore;
 use bedrock_store::StoreError;
 use datafusion::arrow::array::StringArray;
-use datafusion::prelude::{col, SessionContext};
+use datafusion::prelude::{col, lit, SessionContext};
 use serde_json::Value;
 
 use crate::prices::Prices;
@@ -155,9 +155,12 @@ impl TraceQueries {
     ) -> Result<ListPage, QueryError> {
         let states = match trace_id {
             Some(trace_id) => self.store.spans_of_trace(organization_id, trace_id).await?,
-            // NOTE: not pushed down: every span of the organization is
-            // merged here, from segments or from ClickHouse's `events`.
-            None => self.store.all(organization_id).await?.spans,
+            None => {
+                if let Some(page) = self.list_spans_fast(organization_id, span_type, flagged, offset, limit).await? {
+                    return Ok(page);
+                }
+                self.store.all(organization_id).await?.spans
+            }
         };
         let mut views: Vec<SpanView> = states
             .iter()
@@ -171,6 +174,53 @@ impl TraceQueries {
         let count = views.len();
         let results = views.iter().skip(offset).take(limit).map(SpanView::to_json).collect();
         Ok(ListPage { count, results })
+    }
+
+    /// Lists spans of every trace from the typed columns, in the order of
+    /// [`span_order`]; only the spans of the page are read whole. `None`
+    /// when the store has neither segment files nor ClickHouse.
+    async fn list_spans_fast(
+        &self,
+        organization_id: &str,
+        span_type: Option<&str>,
+        flagged: Option<bool>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Option<ListPage>, QueryError> {
+        if !self.typed {
+            return Ok(None);
+        }
+        let Some(scan) = self.store.fast_scan(organization_id).await? else {
+            return Ok(None);
+        };
+        let context = crate::fast::session();
+        let mut frame = crate::fast::spans(&context, &scan, organization_id).await?;
+        if let Some(kind) = span_type {
+            frame = frame.filter(col("span_type").eq(lit(kind)))?;
+        }
+        if let Some(wanted) = flagged {
+            frame = frame.filter(col("flagged").eq(lit(wanted)))?;
+        }
+        let count = frame.clone().count().await?;
+        // A span without a start sorts as if it started at the last instant.
+        let start = datafusion::functions::expr_fn::coalesce(vec![col("started_at"), lit(i64::MAX)]);
+        let batches = frame
+            .sort(vec![start.sort(true, false), col("first_seen").sort(true, false), col("id").sort(true, false)])?
+            .limit(offset, Some(limit))?
+            .select_columns(&["id"])?
+            .collect()
+            .await?;
+        let mut ids = Vec::new();
+        for batch in &batches {
+            let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+            let column = column.as_any().downcast_ref::<StringArray>().ok_or_else(|| QueryError::Internal("id".into()))?;
+            ids.extend(column.iter().flatten().map(str::to_string));
+        }
+        drop(scan);
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let states = self.store.spans(organization_id, &ids).await?;
+        let results = ids.iter().filter_map(|id| states.get(*id).map(|state| SpanView::new(id, state).to_json())).collect();
+        Ok(Some(ListPage { count, results }))
     }
 
     /// Returns the traces `ids` as lists show them, in the order given, with

@@ -883,6 +883,24 @@ impl EventStore {
         Ok(states)
     }
 
+    /// Returns the merged states of several spans, by id, as
+    /// [`EventStore::traces`] does for traces.
+    pub async fn spans(&self, organization_id: &str, ids: &[&str]) -> Result<HashMap<String, SpanState>, StoreError> {
+        let _files = self.files.read().await;
+        let rows = self.rows(RowFilter::Objects { organization_id, kind: KIND_SPAN, ids: ids.to_vec() }).await?;
+        let mut states = merge_segment_rows::<model::SpanFields>(&rows)?;
+        self.with_memory(|generation| {
+            for id in ids {
+                if let Some(newer) = generation.spans.get(&(organization_id.to_string(), id.to_string())) {
+                    let mut state = states.remove(*id);
+                    merge_into(&mut state, newer);
+                    states.extend(state.map(|state| (id.to_string(), state)));
+                }
+            }
+        });
+        Ok(states)
+    }
+
     /// Returns every trace, span and usage record of an organization, merged.
     pub async fn all(&self, organization_id: &str) -> Result<Objects, StoreError> {
         let _files = self.files.read().await;
