@@ -184,6 +184,22 @@ async fn compare(typed: &(TraceQueries, UsageQueries), general: &(TraceQueries, 
         assert!(flagged.count > 0, "some spans should be flagged");
     }
 
+    // Usage records by id: posted ones, those of spans, the spans that a
+    // posted record replaces, and an unknown id.
+    let (records, _) = general.1.list(ORGANIZATION, &UsageFilter::default(), None, 1000).await.unwrap();
+    let mut ids: Vec<String> = vec!["no-such-record".into()];
+    for record in records.results.iter().take(60) {
+        ids.push(record["id"].as_str().unwrap().to_string());
+        if record["id"] != record["span_id"] {
+            ids.extend(record["span_id"].as_str().map(str::to_string));
+        }
+    }
+    for id in &ids {
+        let fast = typed.1.get(ORGANIZATION, id).await.unwrap();
+        let slow = general.1.get(ORGANIZATION, id).await.unwrap();
+        assert_eq!(fast, slow, "{stage}: /usage/{id}/");
+    }
+
     let mut listed = 0;
     for filter in filters() {
         for sort in [(SortField::StartedAt, true), (SortField::DurationMs, false)] {

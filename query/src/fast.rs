@@ -323,6 +323,17 @@ pub async fn usage_records(context: &SessionContext, scan: &FastScan, organizati
     Ok(frame)
 }
 
+/// Reports whether a posted usage record names the span `span_id`.
+pub async fn posted_record_names(context: &SessionContext, scan: &FastScan, organization_id: &str, span_id: &str) -> Result<bool> {
+    if scan.slow.usage.values().any(|state| state.resolve().span_id.as_deref() == Some(span_id)) {
+        return Ok(true);
+    }
+    match segment_rows(context, scan, organization_id, KIND_USAGE, scan.slow.usage.keys()).await? {
+        Some(posted) => Ok(posted.filter(col("span_id").eq(lit(span_id)))?.count().await? > 0),
+        None => Ok(false),
+    }
+}
+
 /// Returns the usage records of the organization as [`UsageParts`].
 pub async fn usage_parts(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<UsageParts> {
     let slow = &scan.slow;

@@ -202,6 +202,7 @@ impl TraceQueries {
             frame = frame.filter(col("flagged").eq(lit(wanted)))?;
         }
         let count = frame.clone().count().await?;
+
         // A span without a start sorts as if it started at the last instant.
         let start = datafusion::functions::expr_fn::coalesce(vec![col("started_at"), lit(i64::MAX)]);
         let batches = frame
@@ -217,6 +218,7 @@ impl TraceQueries {
             ids.extend(column.iter().flatten().map(str::to_string));
         }
         drop(scan);
+
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let states = self.store.spans(organization_id, &ids).await?;
         let results = ids.iter().filter_map(|id| states.get(*id).map(|state| SpanView::new(id, state).to_json())).collect();

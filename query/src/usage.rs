@@ -297,10 +297,55 @@ impl UsageQueries {
         Ok(records)
     }
 
-    /// Finds one record by id.
+    /// Finds one record by id: a posted record, or else the record of the
+    /// `llm` span with that id when no posted record names the span.
     pub async fn get(&self, organization_id: &str, id: &str) -> Result<Option<Value>, QueryError> {
+        if self.typed {
+            if let Some(found) = self.get_by_reads(organization_id, id).await? {
+                return Ok(found);
+            }
+        }
         let records = self.records(organization_id).await?;
         Ok(records.iter().find(|r| r.id == id).map(UsageRecord::to_json))
+    }
+
+    /// Finds one record through point reads and the typed `span_id` column
+    /// of posted records, instead of merging every object. `None` when the
+    /// store has neither segment files nor ClickHouse.
+    async fn get_by_reads(&self, organization_id: &str, id: &str) -> Result<Option<Option<Value>>, QueryError> {
+        let prices = self.prices.book(organization_id).await?;
+        if let Some(state) = self.store.usage(organization_id, id).await? {
+            let mut record = UsageRecord::from_posted(id, &state.resolve(), state.first_seen);
+            record.price(&prices);
+            return Ok(Some(Some(record.to_json())));
+        }
+        let Some(span) = self.store.span(organization_id, id).await? else {
+            return Ok(Some(None));
+        };
+        let fields = span.resolve();
+        if fields.span_type.as_deref() != Some("llm") {
+            return Ok(Some(None));
+        }
+
+        // A posted record that names the span replaces the span's record.
+        let Some(scan) = self.store.fast_scan(organization_id).await? else {
+            return Ok(None);
+        };
+        if fast::posted_record_names(&fast::session(), &scan, organization_id, id).await? {
+            return Ok(Some(None));
+        }
+        drop(scan);
+
+        let trace = match fields.trace_id.as_deref() {
+            Some(trace_id) => self.store.trace(organization_id, trace_id).await?,
+            None => None,
+        };
+        let agent = trace.and_then(|trace| trace.resolve().agent_id);
+        let record = UsageRecord::from_span(id, &fields, agent.as_deref(), span.first_seen).map(|mut record| {
+            record.price(&prices);
+            record.to_json()
+        });
+        Ok(Some(record))
     }
 
     /// Records newest first, after `cursor` when given. Returns the page and
