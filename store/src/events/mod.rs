@@ -415,6 +415,9 @@ pub struct EventStore {
     clickhouse: Option<ClickHouseTier>,
     /// Version of the last flush into ClickHouse, in microseconds, strictly increasing.
     last_version: Mutex<u64>,
+    /// On ClickHouse, the typed columns of a flush whose rows were inserted
+    /// but whose columns were not, with what the flush applied and its number.
+    pending_objects: Mutex<Option<(Vec<TypedObject>, Applied, u64)>>,
 }
 
 impl EventStore {
@@ -458,6 +461,7 @@ impl EventStore {
             context: SessionContext::new_with_config_rt(config, point_read_runtime()?),
             clickhouse: None,
             last_version: Mutex::new(0),
+            pending_objects: Mutex::new(None),
         })
     }
 
@@ -512,6 +516,7 @@ impl EventStore {
             context: SessionContext::new(),
             clickhouse: Some(tier),
             last_version: Mutex::new(0),
+            pending_objects: Mutex::new(None),
         })
     }
 
@@ -585,6 +590,21 @@ impl EventStore {
     /// there), or `None` when there was nothing to flush.
     pub async fn flush(&self) -> Result<Option<u64>, StoreError> {
         let _flush = self.flush_lock.lock().await;
+        if let Some(tier) = &self.clickhouse {
+            // A flush whose rows are in ClickHouse but whose typed columns
+            // are not completes first; its generation is still in memory.
+            let pending = self.pending_objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            if let Some((objects, applied, number)) = pending {
+                if let Err(err) = refresh_objects(tier, objects.clone(), true).await {
+                    *self.pending_objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((objects, applied, number));
+                    return Err(err);
+                }
+                let _files = self.files.write().await;
+                tracing::info!(flush = number, "typed columns of a flush written to ClickHouse");
+                self.lock().flushing = None;
+                return Ok(Some(applied.through));
+            }
+        }
         let (generation, applied, number) = {
             let mut inner = self.lock();
             if inner.buffer.is_empty() {
@@ -608,29 +628,31 @@ impl EventStore {
                 .await
                 .map_err(StoreError::internal)
                 .and_then(|rows| rows);
-            let inserted = match rows {
-                Ok((rows, objects)) => {
-                    let count = rows.len();
-                    match tier.insert(rows, &applied, self.next_version()).await {
-                        Ok(()) => refresh_objects(tier, objects).await.map(|()| count),
-                        Err(err) => Err(err),
-                    }
-                }
-                Err(err) => Err(err),
-            };
-            let _files = self.files.write().await;
-            let mut inner = self.lock();
-            return match inserted {
-                Ok(rows) => {
-                    tracing::info!(flush = number, rows, "buffer flushed to ClickHouse");
-                    inner.flushing = None;
-                    Ok(Some(applied.through))
-                }
+            let (rows, objects) = match rows {
+                Ok(parts) => parts,
                 Err(err) => {
-                    restore_generation(&mut inner, generation);
-                    Err(err)
+                    let _files = self.files.write().await;
+                    restore_generation(&mut self.lock(), generation);
+                    return Err(err);
                 }
             };
+            let count = rows.len();
+            if let Err(err) = tier.insert(rows, &applied, self.next_version()).await {
+                let _files = self.files.write().await;
+                restore_generation(&mut self.lock(), generation);
+                return Err(err);
+            }
+            // The rows are in ClickHouse with their marker, so they must not
+            // be inserted again: when the typed columns fail, the generation
+            // stays in memory and the next flush retries only them.
+            if let Err(err) = refresh_objects(tier, objects.clone(), false).await {
+                *self.pending_objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((objects, applied, number));
+                return Err(err);
+            }
+            let _files = self.files.write().await;
+            tracing::info!(flush = number, rows = count, "buffer flushed to ClickHouse");
+            self.lock().flushing = None;
+            return Ok(Some(applied.through));
         }
 
         let dir = self.dir.clone();
@@ -1609,14 +1631,16 @@ fn generation_rows(generation: &Generation) -> Result<(Vec<SegmentRow>, Vec<Type
 
 /// Writes the typed columns of the objects a flush just inserted. An object
 /// whose one row is that flush's keeps the columns computed from the buffer;
-/// the others are resolved from all their rows.
+/// the others are resolved from all their rows. A `retry` writes only what
+/// `objects` does not have yet, since an attempt that failed may have
+/// written some of it.
 ///
 /// NOTE: counting the rows right after the insert finds those of another
 /// instance's flush of the same object whenever that insert came first, so
 /// of two concurrent flushes the later one writes the merged columns. That
 /// holds on one ClickHouse server; replicas that lag would need the count
 /// to read from the replica that took the insert.
-async fn refresh_objects(tier: &ClickHouseTier, flushed: Vec<TypedObject>) -> Result<(), StoreError> {
+async fn refresh_objects(tier: &ClickHouseTier, flushed: Vec<TypedObject>, retry: bool) -> Result<(), StoreError> {
     let mut groups: HashMap<(String, &'static str), Vec<TypedObject>> = HashMap::new();
     for object in flushed {
         groups.entry((object.organization_id.clone(), object.kind)).or_default().push(object);
@@ -1625,13 +1649,18 @@ async fn refresh_objects(tier: &ClickHouseTier, flushed: Vec<TypedObject>) -> Re
     for ((organization_id, kind), objects) in groups {
         let ids: Vec<&str> = objects.iter().map(|object| object.id.as_str()).collect();
         let counts = tier.row_counts(&organization_id, kind, &ids).await?;
+        let stored = if retry { Some(tier.merged_rows(&organization_id, kind, Some(&ids)).await?) } else { None };
         let (single, several): (Vec<TypedObject>, Vec<TypedObject>) =
             objects.into_iter().partition(|object| counts.get(&object.id) == Some(&1));
-        resolved.extend(single);
+        let mut group = single;
         if !several.is_empty() {
             let ids: Vec<&str> = several.iter().map(|object| object.id.as_str()).collect();
             let rows = tier.rows(&RowFilter::Objects { organization_id: &organization_id, kind, ids }).await?;
-            resolved.extend(typed_objects(&organization_id, kind, &rows)?);
+            group.extend(typed_objects(&organization_id, kind, &rows)?);
+        }
+        match &stored {
+            Some(stored) => resolved.extend(newer_than_stored(group, stored)),
+            None => resolved.extend(group),
         }
     }
     tier.insert_objects(resolved).await
