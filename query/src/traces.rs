@@ -67,6 +67,17 @@ fn newest_first() -> Vec<datafusion::logical_expr::SortExpr> {
     vec![col("started_at").sort(false, false), col("first_seen").sort(false, false), col("id").sort(false, false)]
 }
 
+/// Returns the text of the first column of `batches`, which holds ids.
+fn first_column_text(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<Vec<String>, QueryError> {
+    let mut ids = Vec::new();
+    for batch in batches {
+        let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+        let column = column.as_any().downcast_ref::<StringArray>().ok_or_else(|| QueryError::Internal("id".into()))?;
+        ids.extend(column.iter().flatten().map(str::to_string));
+    }
+    Ok(ids)
+}
+
 fn span_order(a: &SpanView, b: &SpanView) -> std::cmp::Ordering {
     (a.started_at().unwrap_or(i64::MAX), a.first_seen, &a.id).cmp(&(b.started_at().unwrap_or(i64::MAX), b.first_seen, &b.id))
 }
@@ -211,12 +222,7 @@ impl TraceQueries {
             .select_columns(&["id"])?
             .collect()
             .await?;
-        let mut ids = Vec::new();
-        for batch in &batches {
-            let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
-            let column = column.as_any().downcast_ref::<StringArray>().ok_or_else(|| QueryError::Internal("id".into()))?;
-            ids.extend(column.iter().flatten().map(str::to_string));
-        }
+        let ids = first_column_text(&batches)?;
         drop(scan);
 
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -280,12 +286,7 @@ impl TraceQueries {
             .select_columns(&["id"])?
             .collect()
             .await?;
-        let mut ids = Vec::new();
-        for batch in &batches {
-            let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
-            let column = column.as_any().downcast_ref::<StringArray>().ok_or_else(|| QueryError::Internal("id".into()))?;
-            ids.extend(column.iter().flatten().map(str::to_string));
-        }
+        let ids = first_column_text(&batches)?;
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         Ok(Some(ListPage { count, results: self.typed_trace_summaries(&context, scan, organization_id, &ids).await? }))
     }

@@ -890,30 +890,28 @@ impl EventStore {
     /// Returns the merged states of several traces, by id, in one read of
     /// each segment that may hold them.
     pub async fn traces(&self, organization_id: &str, ids: &[&str]) -> Result<HashMap<String, TraceState>, StoreError> {
-        let _files = self.files.read().await;
-        let rows = self.rows(RowFilter::Objects { organization_id, kind: KIND_TRACE, ids: ids.to_vec() }).await?;
-        let mut states = merge_segment_rows::<model::TraceFields>(&rows)?;
-        self.with_memory(|generation| {
-            for id in ids {
-                if let Some(newer) = generation.traces.get(&(organization_id.to_string(), id.to_string())) {
-                    let mut state = states.remove(*id);
-                    merge_into(&mut state, newer);
-                    states.extend(state.map(|state| (id.to_string(), state)));
-                }
-            }
-        });
-        Ok(states)
+        self.objects_by_id(organization_id, KIND_TRACE, ids, |generation| &generation.traces).await
     }
 
     /// Returns the merged states of several spans, by id, as
     /// [`EventStore::traces`] does for traces.
     pub async fn spans(&self, organization_id: &str, ids: &[&str]) -> Result<HashMap<String, SpanState>, StoreError> {
+        self.objects_by_id(organization_id, KIND_SPAN, ids, |generation| &generation.spans).await
+    }
+
+    async fn objects_by_id<F: Fields + DeserializeOwned>(
+        &self,
+        organization_id: &str,
+        kind: &'static str,
+        ids: &[&str],
+        pick: impl Fn(&Generation) -> &FastMap<Key, Layered<F>>,
+    ) -> Result<HashMap<String, Layered<F>>, StoreError> {
         let _files = self.files.read().await;
-        let rows = self.rows(RowFilter::Objects { organization_id, kind: KIND_SPAN, ids: ids.to_vec() }).await?;
-        let mut states = merge_segment_rows::<model::SpanFields>(&rows)?;
+        let rows = self.rows(RowFilter::Objects { organization_id, kind, ids: ids.to_vec() }).await?;
+        let mut states = merge_segment_rows::<F>(&rows)?;
         self.with_memory(|generation| {
             for id in ids {
-                if let Some(newer) = generation.spans.get(&(organization_id.to_string(), id.to_string())) {
+                if let Some(newer) = pick(generation).get(&(organization_id.to_string(), id.to_string())) {
                     let mut state = states.remove(*id);
                     merge_into(&mut state, newer);
                     states.extend(state.map(|state| (id.to_string(), state)));
