@@ -266,7 +266,7 @@ async fn typed_plans_answer_as_the_general_plans() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_plans_answer_as_the_general_plans_on_clickhouse() {
+async fn typed_plans_match_on_clickhouse() {
     typed_plans_match(Tier::ClickHouse(common::fresh_clickhouse_database().await)).await;
 }
 

@@ -42,8 +42,8 @@ impl fmt::Debug for ObjectsTable {
 const COLUMNS: &[&str] = &OBJECT_COLUMNS;
 
 impl ObjectsTable {
-    /// `merged` says whether some object has rows merged from several
-    /// flushes, as [`bedrock_store::events::FastScan::merged`].
+    /// Creates the table. `merged` is whether some object has rows merged
+    /// from several flushes, as in [`bedrock_store::events::FastScan::merged`].
     pub fn new(tier: ClickHouseTier, organization_id: &str, kind: &'static str, skipped: Vec<String>, merged: bool) -> ObjectsTable {
         ObjectsTable {
             tier,
@@ -87,7 +87,7 @@ fn to_sql(expr: &Expr, params: &mut Vec<SqlValue>) -> Option<String> {
                 Operator::Or => "OR",
                 _ => return None,
             };
-            // A comparison with a flag compares ClickHouse's 0 or 1.
+            // A flag compares as ClickHouse's 0 or 1, since `literal` binds booleans as integers.
             let left = to_sql(left, params)?;
             let right = to_sql(right, params)?;
             Some(format!("({left} {op} {right})"))

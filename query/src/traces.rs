@@ -67,7 +67,7 @@ fn newest_first() -> Vec<datafusion::logical_expr::SortExpr> {
     vec![col("started_at").sort(false, false), col("first_seen").sort(false, false), col("id").sort(false, false)]
 }
 
-/// Returns the text of the first column of `batches`, which holds ids.
+/// Returns the ids in the first column of `batches`, as text.
 fn first_column_text(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<Vec<String>, QueryError> {
     let mut ids = Vec::new();
     for batch in batches {

@@ -533,8 +533,8 @@ impl UsageQueries {
     }
 }
 
-/// Returns the token sums of a group as [`usage_sums::Sums`] holds them,
-/// with the total of input and output.
+/// Returns the token sums of a group in the order of [`usage_sums::Sums`],
+/// with the total of input and output last.
 fn token_sums(input: i64, output: i64, cached: i64, reasoning: i64) -> [i64; 5] {
     [input, output, cached, reasoning, input.wrapping_add(output)]
 }

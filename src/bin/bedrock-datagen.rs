@@ -354,7 +354,7 @@ impl Sink {
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?;
                 tier.insert(rows, &Applied::default(), *inserts).await?;
-                tier.insert_objects(objects).await?;
+                tier.insert_objects(&objects).await?;
             }
         }
         Ok(())

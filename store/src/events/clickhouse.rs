@@ -70,32 +70,32 @@ struct EventRow {
     state: String,
 }
 
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
-struct ObjectRow {
-    organization_id: String,
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct ObjectRow<'a> {
+    organization_id: &'a str,
     kind: &'static str,
-    id: String,
-    trace_id: String,
+    id: &'a str,
+    trace_id: &'a str,
     merged_rows: u64,
-    name: Option<String>,
-    agent_id: Option<String>,
+    name: Option<&'a str>,
+    agent_id: Option<&'a str>,
     started_at: Option<i64>,
     ended_at: Option<i64>,
     first_seen: Option<i64>,
     has_error: Option<u8>,
-    span_type: Option<String>,
+    span_type: Option<&'a str>,
     flagged: Option<u8>,
     passed: Option<u8>,
-    meta: Option<String>,
+    meta: Option<&'a str>,
     has_usage: Option<u8>,
-    model: Option<String>,
+    model: Option<&'a str>,
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
     cached_tokens: Option<i64>,
     reasoning_tokens: Option<i64>,
     cost_nanos: Option<i64>,
     usage_at: Option<i64>,
-    span_id: Option<String>,
+    span_id: Option<&'a str>,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -116,35 +116,35 @@ pub struct TypedObject {
     pub typed: Typed,
 }
 
-impl From<TypedObject> for ObjectRow {
-    fn from(object: TypedObject) -> ObjectRow {
-        let t = object.typed;
+impl<'a> From<&'a TypedObject> for ObjectRow<'a> {
+    fn from(object: &'a TypedObject) -> ObjectRow<'a> {
+        let t = &object.typed;
         let flag = |value: Option<bool>| value.map(u8::from);
         ObjectRow {
-            organization_id: object.organization_id,
+            organization_id: &object.organization_id,
             kind: object.kind,
-            id: object.id,
-            trace_id: object.trace_id.unwrap_or_default(),
+            id: &object.id,
+            trace_id: object.trace_id.as_deref().unwrap_or_default(),
             merged_rows: object.merged_rows,
-            name: t.name,
-            agent_id: t.agent_id,
+            name: t.name.as_deref(),
+            agent_id: t.agent_id.as_deref(),
             started_at: t.started_at,
             ended_at: t.ended_at,
             first_seen: t.first_seen,
             has_error: flag(t.has_error),
-            span_type: t.span_type,
+            span_type: t.span_type.as_deref(),
             flagged: flag(t.flagged),
             passed: flag(t.passed),
-            meta: t.meta,
+            meta: t.meta.as_deref(),
             has_usage: flag(t.has_usage),
-            model: t.model,
+            model: t.model.as_deref(),
             input_tokens: t.input_tokens,
             output_tokens: t.output_tokens,
             cached_tokens: t.cached_tokens,
             reasoning_tokens: t.reasoning_tokens,
             cost_nanos: t.cost_nanos,
             usage_at: t.usage_at,
-            span_id: t.span_id,
+            span_id: t.span_id.as_deref(),
         }
     }
 }
@@ -371,7 +371,8 @@ impl ClickHouseTier {
     }
 
     /// Writes the typed columns of `objects`.
-    pub async fn insert_objects(&self, objects: Vec<TypedObject>) -> Result<(), StoreError> {
+    pub async fn insert_objects<'a>(&self, objects: impl IntoIterator<Item = &'a TypedObject>) -> Result<(), StoreError> {
+        let objects: Vec<&TypedObject> = objects.into_iter().collect();
         if objects.is_empty() {
             return Ok(());
         }
@@ -509,6 +510,7 @@ impl ClickHouseTier {
                 return Err(StoreError::Internal(format!("objects has no column {column:?}")));
             }
         }
+
         let mut condition = String::from("organization_id = ? AND kind = ?");
         let mut params = vec![SqlValue::Text(select.organization_id.clone()), SqlValue::Text(select.kind.to_string())];
         if !select.skipped.is_empty() {
@@ -532,6 +534,7 @@ impl ClickHouseTier {
             condition.push(')');
             params.extend(select.params.iter().cloned());
         }
+
         let mut binds = Vec::new();
         let columns = if select.columns.is_empty() { "id".to_string() } else { select.columns.join(", ") };
         let rows = newest_objects(&columns, &condition, &params, &select.organization_id, select.merged, &mut binds);
@@ -540,6 +543,7 @@ impl ClickHouseTier {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         let query = bind_all(self.client.query(&sql), &binds);
+
         if select.columns.is_empty() {
             let count: u64 = query.fetch_one().await.map_err(unavailable)?;
             let rows = select.limit.map_or(count, |limit| count.min(limit as u64));
@@ -558,11 +562,11 @@ impl ClickHouseTier {
 /// Returns SQL that reads `columns` of the objects that `condition` selects,
 /// each from its newest row, and appends the values of its `?` to `binds`.
 ///
-/// A flush writes an object's first row with `merged_rows = 1`, and only
-/// that one row unless the object has several rows in `events`. So the rows
-/// with `merged_rows = 1` of the objects without rows above 1 are read as
-/// they are, with the condition in PREWHERE, and only the few other objects
-/// are read with FINAL, which merges rows by key and so reads far slower.
+/// A flush writes an object's first row with `merged_rows = 1`, and more
+/// rows only when the object has several rows in `events`. Objects with that
+/// single row are read as they are, with the condition in PREWHERE. Only the
+/// few other objects are read with FINAL, which merges rows by key and is far
+/// slower.
 /// With FINAL, the condition stays in WHERE, which ClickHouse applies after
 /// the merge (in PREWHERE it would see older rows).
 /// When no object of the organization has such rows (`merged` is false),
@@ -694,11 +698,11 @@ pub struct UsageTokenRow {
 }
 
 impl ClickHouseTier {
-    /// Sums usage records in ClickHouse, grouped as `sums` says. The cost of
-    /// a record without one is computed as `pricing::cost_of` computes it:
-    /// cached tokens clamped to the input, each price split into its
-    /// millions and the rest, so the products fit in 64 bits, and rounded
-    /// half up once per record.
+    /// Sums usage records in ClickHouse, grouped by the dimensions `sums`
+    /// sets. A record without a cost is priced as `pricing::cost_of` prices
+    /// it: cached tokens clamped to the input, and rounded half up once per
+    /// record. Each price is split into its millions and the rest, so the
+    /// products fit in 64 bits.
     pub async fn sum_usage(&self, sums: &UsageSums) -> Result<Vec<UsageGroupRow>, StoreError> {
         let (model, day, hour, trace) = usage_keys(sums, sums.by_model);
         let (condition, params) = usage_condition(sums);
@@ -750,13 +754,12 @@ impl ClickHouseTier {
         bind_all(self.client.query(&sql), &binds).fetch_all().await.map_err(unavailable)
     }
 
-    /// Sums usage records in ClickHouse, grouped by model and as `sums`
-    /// says, without pricing them: for the records without a cost, the sums
-    /// of their uncached input, cached input and output tokens, clamped as
-    /// `pricing::cost_of` clamps them. Where every price is a whole number
-    /// of nano-dollars per token, each record's cost is a sum of products,
-    /// so the cost of a group is the same sum over these sums, exactly.
-    /// `sums.prices` is not used.
+    /// Sums usage records in ClickHouse, grouped by model and by the
+    /// dimensions `sums` sets, without pricing them. For the records without
+    /// a cost, it sums their uncached input, cached input and output tokens,
+    /// clamped as `pricing::cost_of` clamps them. When every price is a whole
+    /// number of nano-dollars per token, a group's cost follows exactly from
+    /// these sums. `sums.prices` is ignored.
     pub async fn sum_usage_tokens(&self, sums: &UsageSums) -> Result<Vec<UsageTokenRow>, StoreError> {
         let (model, day, hour, trace) = usage_keys(sums, true);
         let (condition, params) = usage_condition(sums);
@@ -816,6 +819,7 @@ fn usage_condition(sums: &UsageSums) -> (String, Vec<SqlValue>) {
         params.push(SqlValue::Texts(sums.skipped_spans.clone()));
     }
     condition.push_str("))");
+
     if let Some(model) = &sums.model {
         condition.push_str(" AND model = ?");
         params.push(SqlValue::Text(model.clone()));
@@ -838,14 +842,14 @@ fn usage_condition(sums: &UsageSums) -> (String, Vec<SqlValue>) {
 /// The columns of `objects` that usage sums read.
 const USAGE_RECORD_COLUMNS: &str = "model, usage_at, trace_id, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos";
 
-/// The Arrow schema of `columns` of `objects`.
+/// Returns the Arrow schema of `columns` of `objects`.
 pub fn object_schema(columns: &[&str]) -> SchemaRef {
     let segment = segment::schema();
     let fields: Vec<_> = columns.iter().filter_map(|name| segment.field_with_name(name).ok().cloned()).collect();
     Arc::new(Schema::new(fields))
 }
 
-/// How one column of `objects` is encoded in RowBinary.
+/// The RowBinary encoding of one column of `objects`.
 #[derive(Clone, Copy)]
 enum Encoding {
     Text,
@@ -958,7 +962,7 @@ fn decode_row_binary(bytes: &[u8], columns: &[&'static str]) -> Result<RecordBat
                         b.append_value(reader.take(1)?[0] != 0);
                     }
                 }
-                _ => return Err(StoreError::Internal("column decoder mismatch".into())),
+                _ => return Err(StoreError::Internal(format!("no RowBinary decoder for column {:?}", columns[index]))),
             }
         }
     }

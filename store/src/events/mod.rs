@@ -220,7 +220,7 @@ pub struct FastScan {
     /// several segments.
     pub slow: Objects,
     /// On ClickHouse, in place of `paths`: the tier whose `objects` table
-    /// holds the typed columns of every flushed object, except those in `slow`.
+    /// contains the typed columns of every flushed object, except those in `slow`.
     pub clickhouse: Option<ClickHouseTier>,
     /// On ClickHouse, whether some stored object of the organization has
     /// rows merged from several flushes, which reads must then pick among.
@@ -478,7 +478,7 @@ impl EventStore {
                 for kind in [KIND_TRACE, KIND_SPAN, KIND_USAGE] {
                     let rows: Vec<SegmentRow> = rows.iter().filter(|row| row.kind == kind).cloned().collect();
                     let stored = tier.merged_rows(&organization_id, kind, None).await?;
-                    tier.insert_objects(newer_than_stored(typed_objects(&organization_id, kind, &rows)?, &stored)).await?;
+                    tier.insert_objects(&newer_than_stored(typed_objects(&organization_id, kind, &rows)?, &stored)).await?;
                 }
                 tracing::info!(organization_id, rows = rows.len(), "typed columns of stored objects computed");
             }
@@ -496,7 +496,7 @@ impl EventStore {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             let stored = tier.merged_rows(organization_id, kind, Some(&ids)).await?;
             let rows = tier.rows(&RowFilter::Objects { organization_id, kind, ids }).await?;
-            tier.insert_objects(newer_than_stored(typed_objects(organization_id, kind, &rows)?, &stored)).await?;
+            tier.insert_objects(&newer_than_stored(typed_objects(organization_id, kind, &rows)?, &stored)).await?;
         }
         tracing::info!(instance, applied_through = tracker.through, "event store opened on ClickHouse");
         Ok(EventStore {
@@ -595,7 +595,7 @@ impl EventStore {
             // are not completes first; its generation is still in memory.
             let pending = self.pending_objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
             if let Some((objects, applied, number)) = pending {
-                if let Err(err) = refresh_objects(tier, objects.clone(), true).await {
+                if let Err(err) = refresh_objects(tier, &objects, true).await {
                     *self.pending_objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((objects, applied, number));
                     return Err(err);
                 }
@@ -645,7 +645,7 @@ impl EventStore {
             // The rows are in ClickHouse with their marker, so they must not
             // be inserted again: when the typed columns fail, the generation
             // stays in memory and the next flush retries only them.
-            if let Err(err) = refresh_objects(tier, objects.clone(), false).await {
+            if let Err(err) = refresh_objects(tier, &objects, false).await {
                 *self.pending_objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((objects, applied, number));
                 return Err(err);
             }
@@ -1638,37 +1638,44 @@ fn generation_rows(generation: &Generation) -> Result<(Vec<SegmentRow>, Vec<Type
 /// of two concurrent flushes the later one writes the merged columns. That
 /// holds on one ClickHouse server; replicas that lag would need the count
 /// to read from the replica that took the insert.
-async fn refresh_objects(tier: &ClickHouseTier, flushed: Vec<TypedObject>, retry: bool) -> Result<(), StoreError> {
-    let mut groups: HashMap<(String, &'static str), Vec<TypedObject>> = HashMap::new();
+async fn refresh_objects(tier: &ClickHouseTier, flushed: &[TypedObject], retry: bool) -> Result<(), StoreError> {
+    let mut groups: HashMap<(&str, &'static str), Vec<&TypedObject>> = HashMap::new();
     for object in flushed {
-        groups.entry((object.organization_id.clone(), object.kind)).or_default().push(object);
+        groups.entry((object.organization_id.as_str(), object.kind)).or_default().push(object);
     }
-    let mut resolved = Vec::new();
+    let mut single: Vec<&TypedObject> = Vec::new();
+    let mut merged: Vec<TypedObject> = Vec::new();
     for ((organization_id, kind), objects) in groups {
         let ids: Vec<&str> = objects.iter().map(|object| object.id.as_str()).collect();
-        let counts = tier.row_counts(&organization_id, kind, &ids).await?;
-        let stored = if retry { Some(tier.merged_rows(&organization_id, kind, Some(&ids)).await?) } else { None };
-        let (single, several): (Vec<TypedObject>, Vec<TypedObject>) =
-            objects.into_iter().partition(|object| counts.get(&object.id) == Some(&1));
-        let mut group = single;
-        if !several.is_empty() {
-            let ids: Vec<&str> = several.iter().map(|object| object.id.as_str()).collect();
-            let rows = tier.rows(&RowFilter::Objects { organization_id: &organization_id, kind, ids }).await?;
-            group.extend(typed_objects(&organization_id, kind, &rows)?);
+        let counts = tier.row_counts(organization_id, kind, &ids).await?;
+        let stored = if retry { Some(tier.merged_rows(organization_id, kind, Some(&ids)).await?) } else { None };
+        let keep = |object: &TypedObject| stored.as_ref().is_none_or(|stored| is_newer_than_stored(object, stored));
+
+        let mut several = Vec::new();
+        for object in objects {
+            if counts.get(&object.id) != Some(&1) {
+                several.push(object.id.as_str());
+            } else if keep(object) {
+                single.push(object);
+            }
         }
-        match &stored {
-            Some(stored) => resolved.extend(newer_than_stored(group, stored)),
-            None => resolved.extend(group),
+        if !several.is_empty() {
+            let rows = tier.rows(&RowFilter::Objects { organization_id, kind, ids: several }).await?;
+            merged.extend(typed_objects(organization_id, kind, &rows)?.into_iter().filter(|object| keep(object)));
         }
     }
-    tier.insert_objects(resolved).await
+    tier.insert_objects(single.into_iter().chain(merged.iter())).await
 }
 
 /// Keeps the objects merged from more rows than `objects` already has for
 /// them. Readers take an object's single row with `merged_rows = 1` as it
 /// is, so that row must never be written twice.
 fn newer_than_stored(objects: Vec<TypedObject>, stored: &HashMap<String, u64>) -> Vec<TypedObject> {
-    objects.into_iter().filter(|object| stored.get(&object.id).is_none_or(|rows| *rows < object.merged_rows)).collect()
+    objects.into_iter().filter(|object| is_newer_than_stored(object, stored)).collect()
+}
+
+fn is_newer_than_stored(object: &TypedObject, stored: &HashMap<String, u64>) -> bool {
+    stored.get(&object.id).is_none_or(|rows| *rows < object.merged_rows)
 }
 
 /// Resolves the typed columns of the objects of one kind from all their
