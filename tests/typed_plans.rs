@@ -42,7 +42,15 @@ fn trace_writes(rng: &mut StdRng, n: usize) -> Vec<Write> {
             name: Some(["run_agent", "checkpoint", "eval_run"][rng.gen_range(0..3)].into()),
             agent_id: Some(agent),
             started_at: Some(started),
-            metadata: Some(object(json!({"scenario": scenario, "attempt": rng.gen_range(0..3)}))),
+            // `run` takes more values than a segment keeps in `meta_low`, and
+            // `note` is sometimes too long for it, so filters on them read
+            // `meta` in the larger segments and `meta_low` in the smaller.
+            metadata: Some(object(json!({
+                "scenario": scenario,
+                "attempt": rng.gen_range(0..3),
+                "run": format!("run-{}", n % 97),
+                "note": if n % 7 == 3 { format!("{}{}", "long ".repeat(20), n % 2) } else { "short".to_string() },
+            }))),
             ..TraceFields::default()
         },
     }];
@@ -144,9 +152,12 @@ fn filters() -> Vec<TraceFilter> {
     for status in ["running", "ok", "error"] {
         filters.push(TraceFilter { status: Some(status.into()), ..TraceFilter::default() });
     }
-    for (key, value) in [("scenario", "travel"), ("scenario", "100%_off"), ("scenario", "naïve \"quote\""), ("outcome", "done"), ("attempt", "1")] {
+    let long_note = format!("{}1", "long ".repeat(20));
+    for (key, value) in [("scenario", "travel"), ("scenario", "100%_off"), ("scenario", "naïve \"quote\""), ("outcome", "done"), ("attempt", "1"), ("run", "run-5"), ("run", "run-90"), ("note", "short"), ("note", long_note.as_str())] {
         filters.push(TraceFilter { metadata: vec![(key.into(), value.into())], ..TraceFilter::default() });
     }
+    let both = vec![("scenario".to_string(), "travel".to_string()), ("run".to_string(), "run-5".to_string())];
+    filters.push(TraceFilter { metadata: both, ..TraceFilter::default() });
     filters
 }
 

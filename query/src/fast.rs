@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use bedrock_store::events::typed::{key_hash, Typed};
+use bedrock_store::events::typed::{key_hash, metadata_entry, metadata_key, Typed};
 use bedrock_store::events::segment::{self, KIND_SPAN, KIND_TRACE, KIND_USAGE};
 use bedrock_store::events::FastScan;
 use crate::clickhouse::ObjectsTable;
@@ -26,6 +26,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::expr::Like;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::{col, lit, DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext};
 
@@ -154,15 +155,77 @@ async fn segment_rows<'a>(
     if scan.paths.is_empty() {
         return Ok(None);
     }
+    Ok(Some(parquet_rows(context, scan.paths.clone(), organization_id, kind, skipped).await?))
+}
+
+/// Returns the rows of one kind of an organization in the segment files
+/// `paths`, minus `skipped` ids.
+async fn parquet_rows<'a>(
+    context: &SessionContext,
+    paths: Vec<String>,
+    organization_id: &str,
+    kind: &'static str,
+    skipped: impl Iterator<Item = &'a String>,
+) -> Result<DataFrame> {
     let mut frame = context
-        .read_parquet(scan.paths.clone(), ParquetReadOptions::default().schema(&segment::schema()))
+        .read_parquet(paths, ParquetReadOptions::default().schema(&segment::schema()))
         .await?
         .filter(col("organization_id").eq(lit(organization_id)).and(col("kind").eq(lit(kind))))?;
     let mut skipped = skipped.peekable();
     if skipped.peek().is_some() {
         frame = frame.filter(keep_expr(organization_id, kind, skipped))?;
     }
-    Ok(Some(frame))
+    Ok(frame)
+}
+
+/// Returns the expression that keeps the rows whose `column` (`meta` or
+/// `meta_low`) holds the top-level metadata entry `key` = `value`.
+pub fn metadata_filter(column: &str, key: &str, value: &str) -> Expr {
+    let pattern = format!("%{}%", crate::trace_list::like_literal(&metadata_entry(key, value)));
+    Expr::Like(Like::new(false, Box::new(col(column)), Box::new(lit(pattern)), Some('\\'), false))
+}
+
+/// Returns the stored traces of an organization that have every metadata
+/// entry of `metadata`, minus those the scan merged itself.
+///
+/// In each segment, a filter on a key with few values searches the
+/// dictionary column `meta_low` once per distinct value, and one on any
+/// other key searches every row's `meta` text (see
+/// [`bedrock_store::events::typed::MetaSplit`]). The segments are grouped by
+/// which filters read which column, one scan per group.
+async fn trace_rows(
+    context: &SessionContext,
+    scan: &FastScan,
+    organization_id: &str,
+    metadata: &[(String, String)],
+) -> Result<Option<DataFrame>> {
+    if scan.clickhouse.is_some() || metadata.is_empty() {
+        let Some(mut rows) = segment_rows(context, scan, organization_id, KIND_TRACE, scan.slow.traces.keys()).await? else {
+            return Ok(None);
+        };
+        for (key, value) in metadata {
+            rows = rows.filter(metadata_filter("meta", key, value))?;
+        }
+        return Ok(Some(rows));
+    }
+    let keys: Vec<String> = metadata.iter().map(|(key, _)| metadata_key(key)).collect();
+    let mut groups: std::collections::BTreeMap<Vec<bool>, Vec<String>> = std::collections::BTreeMap::new();
+    for (index, path) in scan.paths.iter().enumerate() {
+        let high = keys.iter().map(|key| scan.meta_is_high(index, key)).collect();
+        groups.entry(high).or_default().push(path.clone());
+    }
+    let mut frame: Option<DataFrame> = None;
+    for (high, paths) in groups {
+        let mut part = parquet_rows(context, paths, organization_id, KIND_TRACE, scan.slow.traces.keys()).await?;
+        for ((key, value), high) in metadata.iter().zip(high) {
+            part = part.filter(metadata_filter(if high { "meta" } else { "meta_low" }, key, value))?;
+        }
+        frame = Some(match frame {
+            Some(frame) => frame.union(part)?,
+            None => part,
+        });
+    }
+    Ok(frame)
 }
 
 /// Returns the columns of the fast `traces` table before its computed ones.
@@ -197,16 +260,18 @@ fn trace_batch(rows: &[(&String, Typed)]) -> Result<RecordBatch> {
     )?)
 }
 
-/// Returns every trace of the organization with the columns of the trace list:
-/// `id`, `name`, `agent_id`, `started_at`, `ended_at`, `first_seen`, `meta`
-/// (see [`bedrock_store::events::typed::metadata_entry`]), `duration_ms` and
-/// `status`.
-pub async fn traces(context: &SessionContext, scan: &FastScan, organization_id: &str) -> Result<DataFrame> {
+/// Returns the organization's traces that have every top-level metadata entry
+/// of `metadata`, with the trace list's columns: `id`, `name`, `agent_id`,
+/// `started_at`, `ended_at`, `first_seen`, `meta`, `duration_ms` and `status`.
+pub async fn traces(context: &SessionContext, scan: &FastScan, organization_id: &str, metadata: &[(String, String)]) -> Result<DataFrame> {
     let slow: Vec<(&String, Typed)> = scan.slow.traces.iter().map(|(id, state)| (id, Typed::of_trace(state))).collect();
-    let memory = context.read_table(Arc::new(MemTable::try_new(trace_schema(), vec![vec![trace_batch(&slow)?]])?))?;
+    let mut memory = context.read_table(Arc::new(MemTable::try_new(trace_schema(), vec![vec![trace_batch(&slow)?]])?))?;
+    for (key, value) in metadata {
+        memory = memory.filter(metadata_filter("meta", key, value))?;
+    }
     let columns = ["id", "name", "agent_id", "started_at", "ended_at", "first_seen", "own_error", "meta"];
     let mut frame = memory;
-    if let Some(rows) = segment_rows(context, scan, organization_id, KIND_TRACE, scan.slow.traces.keys()).await? {
+    if let Some(rows) = trace_rows(context, scan, organization_id, metadata).await? {
         let rows = rows.select(
             columns
                 .iter()

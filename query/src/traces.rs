@@ -244,8 +244,12 @@ impl TraceQueries {
         let prices = self.prices.book(organization_id).await?;
         let started = std::time::Instant::now();
         let mut totals: std::collections::HashMap<String, SpanTotals> = std::collections::HashMap::new();
-        let span_rows = crate::fast::span_rows_of_traces(context, &scan, organization_id, ids).await?;
-        let spans_read = started.elapsed();
+        // The spans and the traces are read side by side.
+        let (span_rows, traces) = tokio::join!(
+            crate::fast::span_rows_of_traces(context, &scan, organization_id, ids),
+            self.store.traces_in_scan(&scan, organization_id, ids)
+        );
+        let (span_rows, traces) = (span_rows?, traces?);
         for (trace_id, typed) in span_rows {
             totals.entry(trace_id).or_default().add_typed(&typed, &prices);
         }
@@ -255,10 +259,7 @@ impl TraceQueries {
                 totals.entry(trace_id.to_string()).or_default().add(&fields, &prices);
             }
         }
-        // The store's own reads take the segment files' lock again.
-        drop(scan);
-        let traces = self.store.traces(organization_id, ids).await?;
-        tracing::debug!(traces = ids.len(), ?spans_read, total = ?started.elapsed(), "read the traces of a list page");
+        tracing::debug!(traces = ids.len(), elapsed = ?started.elapsed(), "read the traces of a list page");
         Ok(ids
             .iter()
             .filter_map(|id| {
@@ -278,7 +279,7 @@ impl TraceQueries {
             return Ok(None);
         };
         let context = crate::fast::session();
-        let frame = crate::fast::traces(&context, &scan, organization_id).await?;
+        let frame = crate::fast::traces(&context, &scan, organization_id, &[]).await?;
         let count = frame.clone().count().await?;
         let batches = frame
             .sort(newest_first())?

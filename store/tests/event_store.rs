@@ -273,3 +273,44 @@ async fn fast_scans_merge_only_split_and_buffered_objects() {
     assert!(merged_spans(&store).await.is_empty());
     assert_closed(&store, "split", "t1").await;
 }
+
+/// Returns the high metadata keys of each segment of a fast scan, sorted.
+async fn high_keys(store: &EventStore) -> Vec<Vec<String>> {
+    let scan = store.fast_scan(ORG).await.unwrap().expect("the embedded store has segment files");
+    let listed = scan.meta_high.iter().map(|keys| keys.as_ref().expect("the segment lists its keys").iter().cloned().collect());
+    listed.collect()
+}
+
+#[tokio::test]
+async fn segments_list_the_metadata_keys_with_many_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path()).unwrap();
+    // 40 traces per flush: `run` has a value per trace, `env` 2 values.
+    for flush in 0..2u64 {
+        let writes = (0..40)
+            .map(|n| (n, ["prod", "dev"][n as usize % 2]))
+            .map(|(n, env)| Write::Trace {
+                id: format!("t{flush}-{n}"),
+                op: Op::Create,
+                fields: TraceFields {
+                    started_at: Some(n),
+                    metadata: metadata(json!({"run": format!("{flush}-{n}"), "env": env})),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        apply(&store, flush + 1, writes);
+        store.flush().await.unwrap();
+    }
+    // One more flush, so the first two are read from their files.
+    apply(&store, 3, vec![trace_open("last")]);
+    store.flush().await.unwrap();
+    // 40 values of `run` fit in a segment's `meta_low`; 80 do not.
+    assert_eq!(high_keys(&store).await, [Vec::<String>::new(), Vec::new()]);
+    while store.compact(2).await.unwrap() {}
+    assert_eq!(high_keys(&store).await, [vec!["run".to_string()]]);
+    drop(store);
+    let store = EventStore::open(dir.path()).unwrap();
+    // Reopened, the last flush's segment is read from its file too.
+    assert_eq!(high_keys(&store).await, [vec!["run".to_string()], Vec::new()], "the footers keep the lists");
+}

@@ -216,6 +216,9 @@ pub struct FastScan {
     pub paths: Vec<String>,
     /// The filters of keys `[organization, trace id]` of each file of `paths`.
     pub trace_blooms: Vec<Arc<bloom::Bloom>>,
+    /// The high metadata keys of each file of `paths` (see
+    /// [`typed::MetaSplit`]); `None` for all keys.
+    pub meta_high: Vec<Option<Arc<std::collections::BTreeSet<String>>>>,
     /// The exact merged state of every object in memory or with rows in
     /// several segments.
     pub slow: Objects,
@@ -234,6 +237,13 @@ impl FastScan {
     /// whose key `[organization, trace id]` gave `probe`.
     pub fn may_hold_trace(&self, index: usize, probe: bloom::Probe) -> bool {
         self.trace_blooms[index].may_contain_probe(probe)
+    }
+
+    /// Reports whether a filter on the metadata key `key` (as
+    /// [`typed::metadata_key`] spells it) must read the `meta` column of file
+    /// `index` of `paths`, rather than `meta_low`.
+    pub fn meta_is_high(&self, index: usize, key: &str) -> bool {
+        self.meta_high[index].as_ref().is_none_or(|keys| keys.contains(key))
     }
 }
 
@@ -899,6 +909,13 @@ impl EventStore {
         self.objects_by_id(organization_id, KIND_SPAN, ids, |generation| &generation.spans).await
     }
 
+    /// Returns the merged states of several traces as [`EventStore::traces`]
+    /// does, under the lock of the segment files that `scan` holds, so it
+    /// can run beside the scan's own reads.
+    pub async fn traces_in_scan(&self, _scan: &FastScan, organization_id: &str, ids: &[&str]) -> Result<HashMap<String, TraceState>, StoreError> {
+        self.objects_by_id_locked(organization_id, KIND_TRACE, ids, |generation| &generation.traces).await
+    }
+
     async fn objects_by_id<F: Fields + DeserializeOwned>(
         &self,
         organization_id: &str,
@@ -907,6 +924,18 @@ impl EventStore {
         pick: impl Fn(&Generation) -> &FastMap<Key, Layered<F>>,
     ) -> Result<HashMap<String, Layered<F>>, StoreError> {
         let _files = self.files.read().await;
+        self.objects_by_id_locked(organization_id, kind, ids, pick).await
+    }
+
+    /// Does the work of [`EventStore::objects_by_id`] while the caller holds
+    /// the segment files for reading.
+    async fn objects_by_id_locked<F: Fields + DeserializeOwned>(
+        &self,
+        organization_id: &str,
+        kind: &'static str,
+        ids: &[&str],
+        pick: impl Fn(&Generation) -> &FastMap<Key, Layered<F>>,
+    ) -> Result<HashMap<String, Layered<F>>, StoreError> {
         let rows = self.rows(RowFilter::Objects { organization_id, kind, ids: ids.to_vec() }).await?;
         let mut states = merge_segment_rows::<F>(&rows)?;
         self.with_memory(|generation| {
@@ -990,22 +1019,24 @@ impl EventStore {
             return Ok(Some(FastScan {
                 paths: Vec::new(),
                 trace_blooms: Vec::new(),
+                meta_high: Vec::new(),
                 slow,
                 clickhouse: Some(tier.clone()),
                 merged: tier.has_merged_objects(organization_id).await?,
                 _files: files,
             }));
         }
-        let (paths, blooms, trace_blooms, mut multi) = {
+        let (paths, blooms, trace_blooms, meta_high, mut multi) = {
             let inner = self.lock();
             let recent = inner.recent.as_ref().map(|(number, _)| *number);
             let live: Vec<&SegmentFile> = inner.segments.iter().filter(|s| !(Some(s.first) == recent && s.last == s.first)).collect();
             let paths: Vec<String> = live.iter().map(|s| s.path.to_string_lossy().to_string()).collect();
             let blooms: Vec<Arc<bloom::Bloom>> = live.iter().map(|s| s.ids.clone()).collect();
             let trace_blooms: Vec<Arc<bloom::Bloom>> = live.iter().map(|s| s.traces.clone()).collect();
+            let meta_high: Vec<_> = live.iter().map(|s| s.meta_high.clone()).collect();
             let multi: Vec<(&'static str, String)> =
                 inner.multi.iter().filter(|(org, _, _)| org == organization_id).map(|(_, kind, id)| (*kind, id.clone())).collect();
-            (paths, blooms, trace_blooms, multi)
+            (paths, blooms, trace_blooms, meta_high, multi)
         };
 
         // Memory first: its states are newer than any segment row.
@@ -1044,7 +1075,7 @@ impl EventStore {
         merge_newer_states(&mut slow.traces, memory.traces);
         merge_newer_states(&mut slow.spans, memory.spans);
         merge_newer_states(&mut slow.usage, memory.usage);
-        Ok(Some(FastScan { paths, trace_blooms, slow, clickhouse: None, merged: false, _files: files }))
+        Ok(Some(FastScan { paths, trace_blooms, meta_high, slow, clickhouse: None, merged: false, _files: files }))
     }
 
     /// Returns the merged state of one usage record posted by a client.

@@ -10,7 +10,9 @@
 //! Columns: `organization_id`, `kind` (`trace`, `span` or `usage`), `id`,
 //! `trace_id` (the span's or usage record's trace, or the trace's own id), `seq` (newest log sequence
 //! number merged in) and `state` (the [`Layered`](super::model::Layered)
-//! partial state as JSON), then the typed columns of [`Typed`]. A flush
+//! partial state as JSON), then the typed columns of [`Typed`], and last
+//! `meta_low`, the entries of `meta` whose key has few values in the segment
+//! (see [`MetaSplit`]; the footer lists the other keys). A flush
 //! writes its rows sorted by [`sort_key`] (organization, kind, usage, trace
 //! and id), so page statistics prune the reads of one kind, of the usage
 //! records, or of one trace. Compaction writes the sorted runs of its inputs
@@ -25,6 +27,7 @@
 //! `bedrock.applied_extra`: the write-ahead log records whose effects the
 //! segment contains, so recovery replays only the rest.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use datafusion::parquet::schema::types::ColumnPath;
 
 use super::bloom::{Bloom, Probe};
+use super::typed::MetaSplit;
 use super::typed::{key_hash, Typed};
 use crate::StoreError;
 
@@ -98,6 +102,9 @@ pub struct SegmentFile {
     pub ids: Arc<Bloom>,
     /// Keys `[organization, trace id]` of the rows.
     pub traces: Arc<Bloom>,
+    /// The metadata keys whose filters read `meta` rather than `meta_low`
+    /// (see [`MetaSplit`]); `None` for all keys.
+    pub meta_high: Option<Arc<BTreeSet<String>>>,
 }
 
 impl SegmentFile {
@@ -175,6 +182,9 @@ fn build_schema() -> SchemaRef {
         Field::new("cost_nanos", DataType::Int64, true),
         Field::new("usage_at", DataType::Int64, true),
         Field::new("span_id", DataType::Utf8, true),
+        // The entries of `meta` whose key has few distinct values in the
+        // segment (see `MetaSplit`), as a dictionary.
+        Field::new("meta_low", dictionary_type(), true),
     ]))
 }
 
@@ -227,6 +237,9 @@ fn typed_columns(keys: &[RowKeys<'_>], typed: &[&Typed]) -> Vec<ArrayRef> {
         int(|t| t.cost_nanos),
         int(|t| t.usage_at),
         text(|t| t.span_id.as_deref()),
+        // Filled in by `SegmentWriter::write_batch`, which sees every row of
+        // the segment.
+        dictionary_array(typed.iter().map(|_| None)),
     ]
 }
 
@@ -263,6 +276,11 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     Some((first.parse().ok()?, last.parse().ok()?))
 }
 
+/// The footer key that lists a segment's high metadata keys as a JSON array,
+/// or holds [`ALL_KEYS_HIGH`].
+const META_HIGH_KEYS: &str = "bedrock.meta_high_keys";
+const ALL_KEYS_HIGH: &str = "*";
+
 /// Page size of the `state` column: reading one object's state
 /// decompresses at most this much besides it.
 const STATE_PAGE_BYTES: usize = 64 * 1024;
@@ -288,6 +306,7 @@ pub struct SegmentWriter {
     /// The kind of the last row written. Each row group contains one kind, so
     /// scans of one kind skip the others' row groups by their statistics.
     kind: Option<&'static str>,
+    meta: MetaSplit,
 }
 
 impl SegmentWriter {
@@ -319,6 +338,7 @@ impl SegmentWriter {
             .set_column_data_page_size_limit(ColumnPath::from("trace_id"), KEY_PAGE_BYTES)
             .set_column_dictionary_enabled(ColumnPath::from("meta"), false)
             .set_column_statistics_enabled(ColumnPath::from("meta"), EnabledStatistics::None)
+            .set_column_statistics_enabled(ColumnPath::from("meta_low"), EnabledStatistics::None)
             .set_column_dictionary_enabled(ColumnPath::from("key_hash"), false)
             .set_column_statistics_enabled(ColumnPath::from("key_hash"), EnabledStatistics::None)
             .set_key_value_metadata(Some(vec![
@@ -340,6 +360,7 @@ impl SegmentWriter {
             ids: Bloom::precise_with_capacity(expected_rows),
             traces: Bloom::with_capacity(expected_rows),
             kind: None,
+            meta: MetaSplit::default(),
         })
     }
 
@@ -400,7 +421,7 @@ impl SegmentWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let conformed = conform(batch)?;
+        let conformed = self.with_meta_low(conform(batch)?)?;
         let batch = &conformed;
         let kind = string_column(batch, "kind")?;
         let mut start = 0;
@@ -431,8 +452,28 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Replaces the `meta_low` column of a batch with the split of its
+    /// `meta` column by this segment's key cardinalities.
+    fn with_meta_low(&mut self, batch: RecordBatch) -> Result<RecordBatch, StoreError> {
+        let meta = batch
+            .column_by_name("meta")
+            .and_then(|column| column.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| StoreError::Internal("segment column meta is missing".into()))?;
+        let low: Vec<Option<String>> = meta.iter().map(|meta| meta.map(|meta| self.meta.low_entries(meta))).collect();
+        let index = batch.schema().index_of("meta_low").map_err(StoreError::internal)?;
+        let mut columns = batch.columns().to_vec();
+        columns[index] = dictionary_array(low.iter().map(Option::as_deref));
+        RecordBatch::try_new(batch.schema(), columns).map_err(StoreError::internal)
+    }
+
     /// Completes the file: syncs it, renames it into place and syncs the directory.
-    pub fn finish(self) -> Result<SegmentFile, StoreError> {
+    pub fn finish(mut self) -> Result<SegmentFile, StoreError> {
+        let meta_high = self.meta.high_keys().map(|keys| Arc::new(keys.clone()));
+        let listed = match &meta_high {
+            Some(keys) => serde_json::to_string(&**keys).map_err(StoreError::internal)?,
+            None => ALL_KEYS_HIGH.to_string(),
+        };
+        self.writer.append_key_value_metadata(KeyValue::new(META_HIGH_KEYS.into(), listed));
         let file = self.writer.into_inner().map_err(StoreError::internal)?;
         file.sync_all().map_err(StoreError::internal)?;
         let bytes = file.metadata().map_err(StoreError::internal)?.len();
@@ -449,6 +490,7 @@ impl SegmentWriter {
             bytes,
             ids: Arc::new(self.ids),
             traces: Arc::new(self.traces),
+            meta_high,
         })
     }
 }
@@ -534,10 +576,10 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
                 continue;
             }
         }
-        let (applied, rows, bytes, current) = read_footer(&path)?;
+        let (applied, rows, bytes, current, mut meta_high) = read_footer(&path)?;
         if !current {
             tracing::info!(file = %path.display(), "rewriting a segment of an earlier format");
-            rewrite_with_typed_columns(dir, first, last, &applied, rows, &path)?;
+            meta_high = rewrite_with_typed_columns(dir, first, last, &applied, rows, &path)?;
         }
         let keys = read_keys(&path)?;
         let mut hashes: Vec<u64> = Vec::with_capacity(keys.len());
@@ -557,23 +599,34 @@ pub fn load_segments(dir: &Path) -> Result<(Vec<SegmentFile>, std::collections::
         key_hashes_of.push(hashes);
         let (ids, traces) = blooms(keys.iter().map(|(o, k, i, t)| (o.as_str(), *k, i.as_str(), t.as_deref())));
         let bytes = if current { bytes } else { std::fs::metadata(&path).map_err(StoreError::internal)?.len() };
-        live.push(SegmentFile { first, last, path, applied, rows, bytes, ids: Arc::new(ids), traces: Arc::new(traces) });
+        live.push(SegmentFile { first, last, path, applied, rows, bytes, ids: Arc::new(ids), traces: Arc::new(traces), meta_high });
     }
     Ok((live, multi))
 }
 
 /// Rewrites a segment in place with the current schema, computing the typed
-/// columns from the states.
-fn rewrite_with_typed_columns(dir: &Path, first: u64, last: u64, applied: &Applied, rows: u64, path: &Path) -> Result<(), StoreError> {
+/// columns from the states. Returns the new file's high metadata keys.
+fn rewrite_with_typed_columns(
+    dir: &Path,
+    first: u64,
+    last: u64,
+    applied: &Applied,
+    rows: u64,
+    path: &Path,
+) -> Result<Option<Arc<BTreeSet<String>>>, StoreError> {
     let mut writer = SegmentWriter::create(dir, first, last, applied, rows as usize)?;
     // Columns 0..=5 are the stored ones of every version.
     for_each_record_batch(path, Some(&[0, 1, 2, 3, 4, 5]), |batch| writer.write_sorted(&rows_of_batch(batch)?))?;
-    writer.finish().map(|_| ())
+    writer.finish().map(|segment| segment.meta_high)
 }
 
-/// Reads what a segment's footer records: the log records applied, the row
-/// and byte counts, and whether the file has the current schema.
-fn read_footer(path: &Path) -> Result<(Applied, u64, u64, bool), StoreError> {
+/// What a segment's footer records: the log records applied, the row and
+/// byte counts, whether the file has the current schema, and its high
+/// metadata keys.
+type Footer = (Applied, u64, u64, bool, Option<Arc<BTreeSet<String>>>);
+
+/// Reads what a segment's footer records.
+fn read_footer(path: &Path) -> Result<Footer, StoreError> {
     let file = File::open(path).map_err(StoreError::internal)?;
     let bytes = file.metadata().map_err(StoreError::internal)?.len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -585,14 +638,17 @@ fn read_footer(path: &Path) -> Result<(Applied, u64, u64, bool), StoreError> {
     });
     let metadata = builder.metadata().file_metadata();
     let mut applied = Applied::default();
+    let mut meta_high = None;
     for pair in metadata.key_value_metadata().into_iter().flatten() {
         match (pair.key.as_str(), pair.value.as_deref()) {
             ("bedrock.applied_through", Some(value)) => applied.through = value.parse().unwrap_or(0),
             ("bedrock.applied_extra", Some(value)) => applied.extra = serde_json::from_str(value).unwrap_or_default(),
+            // An unreadable list counts as "all keys high", which is always exact.
+            (META_HIGH_KEYS, Some(value)) => meta_high = serde_json::from_str::<BTreeSet<String>>(value).ok().map(Arc::new),
             _ => {}
         }
     }
-    Ok((applied, metadata.num_rows() as u64, bytes, current))
+    Ok((applied, metadata.num_rows() as u64, bytes, current, meta_high))
 }
 
 type Keys = Vec<(String, &'static str, String, Option<String>)>;
@@ -639,9 +695,13 @@ fn conform(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
         .fields()
         .iter()
         .map(|field| {
-            let column = batch
-                .column_by_name(field.name())
-                .ok_or_else(|| StoreError::Internal(format!("segment column {} is missing", field.name())))?;
+            let Some(column) = batch.column_by_name(field.name()) else {
+                // Columns added since the file was written, and computed by the writer.
+                if field.is_nullable() {
+                    return Ok(datafusion::arrow::array::new_null_array(field.data_type(), batch.num_rows()));
+                }
+                return Err(StoreError::Internal(format!("segment column {} is missing: the file is corrupt", field.name())));
+            };
             datafusion::arrow::compute::cast(column, field.data_type()).map_err(StoreError::internal)
         })
         .collect::<Result<Vec<_>, _>>()?;

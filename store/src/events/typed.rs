@@ -7,6 +7,8 @@
 //! [`super::FastScan`]). Queries merge those exactly, and read the typed
 //! columns of every other row as they are, with no JSON to decode.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -84,6 +86,85 @@ pub fn metadata_entry(key: &str, value: &str) -> String {
     escape_into(&mut out, value);
     out.push(ENTRY);
     out
+}
+
+/// Returns a metadata key as the entries of the `meta` column spell it.
+pub fn metadata_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    escape_into(&mut out, key);
+    out
+}
+
+/// Distinct values a key may take in one segment for its entries to go to
+/// `meta_low`.
+const LOW_VALUES_PER_KEY: usize = 64;
+/// Longest value text, in bytes, that an entry of `meta_low` may have.
+const LOW_VALUE_BYTES: usize = 64;
+/// Keys tracked per segment; keys seen after these are all high.
+const LOW_KEYS: usize = 256;
+/// High keys a segment lists; a segment with more lists none and treats
+/// every key as high.
+const HIGH_KEYS_LISTED: usize = 4096;
+
+/// Splits the `meta` column of a segment's trace rows by key cardinality.
+///
+/// Entries whose key takes few short values in the segment (an environment,
+/// a scenario, a release) also go to the `meta_low` column, a dictionary
+/// with few distinct values, which a filter searches once per distinct
+/// value instead of once per row. The segment lists the keys that went
+/// high (too many values, or a long one): a filter on such a key searches
+/// the full `meta` column, which holds every entry. Rows written before a
+/// key went high keep its entries in `meta_low`, which such a filter never
+/// reads.
+#[derive(Debug, Default)]
+pub struct MetaSplit {
+    values: HashMap<String, HashSet<String>>,
+    high: BTreeSet<String>,
+}
+
+impl MetaSplit {
+    /// Returns the `meta_low` text of a row whose `meta` is `meta`: its
+    /// entries whose key is still low, in the same format.
+    pub fn low_entries(&mut self, meta: &str) -> String {
+        let mut out = String::with_capacity(meta.len().min(128));
+        out.push(ENTRY);
+        for entry in meta.split(ENTRY).filter(|entry| !entry.is_empty()) {
+            let Some((key, value)) = entry.split_once(VALUE) else { continue };
+            if self.is_low(key, value) {
+                out.push_str(entry);
+                out.push(ENTRY);
+            }
+        }
+        out
+    }
+
+    fn is_low(&mut self, key: &str, value: &str) -> bool {
+        if self.high.contains(key) {
+            return false;
+        }
+        if value.len() > LOW_VALUE_BYTES || (!self.values.contains_key(key) && self.values.len() >= LOW_KEYS) {
+            self.high.insert(key.to_string());
+            return false;
+        }
+        let values = self.values.entry(key.to_string()).or_default();
+        if values.contains(value) {
+            return true;
+        }
+        if values.len() < LOW_VALUES_PER_KEY {
+            values.insert(value.to_string());
+            return true;
+        }
+        self.values.remove(key);
+        self.high.insert(key.to_string());
+        false
+    }
+
+    /// Returns the keys (as [`metadata_key`] spells them) whose filters must
+    /// read `meta`, or `None` when there are too many to list and every
+    /// filter must.
+    pub fn high_keys(&self) -> Option<&BTreeSet<String>> {
+        (self.high.len() <= HIGH_KEYS_LISTED).then_some(&self.high)
+    }
 }
 
 fn meta_column(metadata: &Map<String, Value>) -> String {
@@ -214,5 +295,37 @@ mod tests {
         assert!(!column.contains(&metadata_entry("a", "x")));
         assert!(!column.contains(&metadata_entry("b", "22")));
         assert!(!column.contains(&metadata_entry("c", "z")));
+    }
+
+    #[test]
+    fn meta_split_lists_high_keys() {
+        let mut split = MetaSplit::default();
+        let long = "v".repeat(LOW_VALUE_BYTES + 1);
+        let mut lows = Vec::new();
+        for index in 0..LOW_VALUES_PER_KEY + 10 {
+            let metadata = json!({"env": format!("e{}", index % 3), "run": format!("r{index}"), "long": long});
+            lows.push(split.low_entries(&meta_column(metadata.as_object().unwrap())));
+        }
+        // `env` has 3 values: every row keeps it. `long` never fits.
+        for (index, low) in lows.iter().enumerate() {
+            assert!(low.contains(&metadata_entry("env", &format!("e{}", index % 3))), "{low:?}");
+            assert!(!low.contains(&metadata_entry("long", &long)));
+        }
+        // `run` goes high at its 65th distinct value, and stays high.
+        assert!(lows[LOW_VALUES_PER_KEY - 1].contains(&metadata_entry("run", &format!("r{}", LOW_VALUES_PER_KEY - 1))));
+        assert!(!lows[LOW_VALUES_PER_KEY].contains(&metadata_entry("run", &format!("r{LOW_VALUES_PER_KEY}"))));
+        assert!(!lows[LOW_VALUES_PER_KEY + 9].contains("run"));
+        let high: Vec<&str> = split.high_keys().unwrap().iter().map(String::as_str).collect();
+        assert_eq!(high, ["long", "run"]);
+        assert_eq!(split.low_entries(&meta_column(&Map::new())), "\u{1}");
+    }
+
+    #[test]
+    fn meta_split_escapes_keys() {
+        let mut split = MetaSplit::default();
+        let metadata = json!({"a\u{1}b": "x".repeat(LOW_VALUE_BYTES + 1)});
+        split.low_entries(&meta_column(metadata.as_object().unwrap()));
+        assert!(split.high_keys().unwrap().contains(&metadata_key("a\u{1}b")));
+        assert!(!split.high_keys().unwrap().contains("a\u{1}b"));
     }
 }
