@@ -244,12 +244,9 @@ impl TraceQueries {
         let prices = self.prices.book(organization_id).await?;
         let started = std::time::Instant::now();
         let mut totals: std::collections::HashMap<String, SpanTotals> = std::collections::HashMap::new();
-        // The spans and the traces are read side by side.
-        let (span_rows, traces) = tokio::join!(
-            crate::fast::span_rows_of_traces(context, &scan, organization_id, ids),
-            self.store.traces_in_scan(&scan, organization_id, ids)
-        );
-        let (span_rows, traces) = (span_rows?, traces?);
+        // Reading the spans and the traces side by side was no faster on 2 cores.
+        let span_rows = crate::fast::span_rows_of_traces(context, &scan, organization_id, ids).await?;
+        let traces = self.store.traces_in_scan(&scan, organization_id, ids).await?;
         for (trace_id, typed) in span_rows {
             totals.entry(trace_id).or_default().add_typed(&typed, &prices);
         }

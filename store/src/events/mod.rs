@@ -910,8 +910,8 @@ impl EventStore {
     }
 
     /// Returns the merged states of several traces as [`EventStore::traces`]
-    /// does, under the lock of the segment files that `scan` holds, so it
-    /// can run beside the scan's own reads.
+    /// does, from the segment files that `scan` holds, so they are the files
+    /// the scan read.
     pub async fn traces_in_scan(&self, _scan: &FastScan, organization_id: &str, ids: &[&str]) -> Result<HashMap<String, TraceState>, StoreError> {
         self.objects_by_id_locked(organization_id, KIND_TRACE, ids, |generation| &generation.traces).await
     }
