@@ -120,6 +120,9 @@ const HIGH_KEYS_LISTED: usize = 4096;
 pub struct MetaSplit {
     values: HashMap<String, HashSet<String>>,
     high: BTreeSet<String>,
+    /// Set once `high` would pass [`HIGH_KEYS_LISTED`]: every key is then
+    /// high, and neither set grows any more.
+    all_high: bool,
 }
 
 impl MetaSplit {
@@ -139,7 +142,13 @@ impl MetaSplit {
     }
 
     fn is_low(&mut self, key: &str, value: &str) -> bool {
-        if self.high.contains(key) {
+        if self.all_high || self.high.contains(key) {
+            return false;
+        }
+        if self.high.len() >= HIGH_KEYS_LISTED {
+            self.all_high = true;
+            self.values.clear();
+            self.high.clear();
             return false;
         }
         if value.len() > LOW_VALUE_BYTES || (!self.values.contains_key(key) && self.values.len() >= LOW_KEYS) {
@@ -163,7 +172,7 @@ impl MetaSplit {
     /// read `meta`, or `None` when there are too many to list and every
     /// filter must.
     pub fn high_keys(&self) -> Option<&BTreeSet<String>> {
-        (self.high.len() <= HIGH_KEYS_LISTED).then_some(&self.high)
+        (!self.all_high).then_some(&self.high)
     }
 }
 
@@ -318,6 +327,22 @@ mod tests {
         let high: Vec<&str> = split.high_keys().unwrap().iter().map(String::as_str).collect();
         assert_eq!(high, ["long", "run"]);
         assert_eq!(split.low_entries(&meta_column(&Map::new())), "\u{1}");
+    }
+
+    #[test]
+    fn meta_split_caps_high_keys() {
+        let mut split = MetaSplit::default();
+        let long = "v".repeat(LOW_VALUE_BYTES + 1);
+        for index in 0..HIGH_KEYS_LISTED {
+            split.low_entries(&meta_column(json!({ format!("k{index}"): long }).as_object().unwrap()));
+        }
+        assert_eq!(split.high_keys().map(BTreeSet::len), Some(HIGH_KEYS_LISTED));
+        // One more key: every key counts as high, even one that was low.
+        let low = split.low_entries(&meta_column(json!({"env": "prod", "extra": long}).as_object().unwrap()));
+        assert_eq!(low, "\u{1}");
+        assert!(split.high_keys().is_none());
+        assert!(split.high.is_empty());
+        assert!(split.values.is_empty());
     }
 
     #[test]
