@@ -88,30 +88,29 @@ pub fn metadata_entry(key: &str, value: &str) -> String {
     out
 }
 
-/// Returns a metadata key as the entries of the `meta` column spell it.
+/// Escapes a metadata key as the entries of the `meta` column contain it.
 pub fn metadata_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     escape_into(&mut out, key);
     out
 }
 
-/// Distinct values a key may take in one segment for its entries to go to
-/// `meta_low`.
+/// Maximum number of distinct values of a key in one segment whose entries
+/// go to `meta_low`.
 const LOW_VALUES_PER_KEY: usize = 64;
-/// Longest value text, in bytes, that an entry of `meta_low` may have.
+/// Maximum length, in bytes, of a value in `meta_low`.
 const LOW_VALUE_BYTES: usize = 64;
-/// Keys tracked per segment; keys seen after these are all high.
+/// Maximum number of keys whose values a segment counts. Any other key is high.
 const LOW_KEYS: usize = 256;
-/// High keys a segment lists; a segment with more lists none and treats
-/// every key as high.
+/// Maximum number of high keys a segment lists. Past it, every key is high.
 const HIGH_KEYS_LISTED: usize = 4096;
 
 /// Splits the `meta` column of a segment's trace rows by key cardinality.
 ///
 /// Entries whose key takes few short values in the segment (an environment,
-/// a scenario, a release) also go to the `meta_low` column, a dictionary
-/// with few distinct values, which a filter searches once per distinct
-/// value instead of once per row. The segment lists the keys that went
+/// a scenario, a release) also go to the `meta_low` column. That column is a
+/// dictionary with few distinct values, so a filter searches it once per
+/// distinct value instead of once per row. The segment lists the keys that went
 /// high (too many values, or a long one): a filter on such a key searches
 /// the full `meta` column, which holds every entry. Rows written before a
 /// key went high keep its entries in `meta_low`, which such a filter never
