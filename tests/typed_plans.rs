@@ -18,6 +18,7 @@ use bedrock_store::events::EventStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const ORGANIZATION: &str = "org-a";
 const OTHER: &str = "org-b";
@@ -357,7 +358,6 @@ fn write_previous_format(path: &std::path::Path) {
     use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::arrow::record_batch::RecordBatch;
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
 
@@ -442,6 +442,74 @@ async fn previous_format_segments_rewritten() {
     assert_eq!(typed.1.summary(ORGANIZATION, &UsageFilter::default(), grouping).await.unwrap(), summary);
     assert_eq!(walk(&typed.0, &TraceFilter::default(), (SortField::StartedAt, true)).await, listed);
     compare_summaries(&typed, &general).await;
+}
+
+/// Segments written before `meta_low` existed are read as they are, with
+/// every metadata filter searching `meta`.
+#[tokio::test]
+async fn segments_without_meta_low_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
+    control.migrate().await.unwrap();
+    control
+        .execute_admin(&format!("INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('{ORGANIZATION}', 'a', 0, 0)"))
+        .await
+        .unwrap();
+    let (store, typed, general) = open(dir.path(), &control, &Tier::Segments).await;
+    let mut rng = StdRng::seed_from_u64(13);
+    for n in 0..150 {
+        let writes = trace_writes(&mut rng, n);
+        store.apply(n as u64 + 1, &Batch { organization_id: ORGANIZATION.into(), received_at: BASE + n as i64, writes });
+        if n % 50 == 49 {
+            store.flush().await.unwrap();
+        }
+    }
+    store.flush().await.unwrap();
+    drop((store, typed, general));
+
+    let files = segment_files(&dir.path().join("events"));
+    assert!(files.len() >= 3, "the flushes should have written segments: {files:?}");
+    for file in &files {
+        write_without_meta_low(file);
+    }
+
+    let (_store, typed, general) = open(dir.path(), &control, &Tier::Segments).await;
+    for file in segment_files(&dir.path().join("events")) {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap()).unwrap();
+        assert!(builder.schema().field_with_name("meta_low").is_err(), "{} should not have been rewritten", file.display());
+    }
+    for filter in filters().into_iter().filter(|filter| !filter.metadata.is_empty()) {
+        let sort = (SortField::StartedAt, true);
+        assert_eq!(walk(&typed.0, &filter, sort).await, walk(&general.0, &filter, sort).await, "{filter:?}");
+    }
+}
+
+/// Rewrites a segment file without its `meta_low` column and without the
+/// footer's list of high metadata keys, as files were written before them.
+fn write_without_meta_low(path: &std::path::Path) {
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+
+    let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    let metadata: Vec<_> = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let listed = metadata.len();
+    let metadata: Vec<_> = metadata.into_iter().filter(|pair| pair.key != "bedrock.meta_high_keys").collect();
+    assert_eq!(metadata.len(), listed - 1, "the footer should list the high metadata keys");
+    let index = builder.schema().index_of("meta_low").unwrap();
+    let fields: Vec<_> = builder.schema().fields().iter().filter(|field| field.name() != "meta_low").cloned().collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
+    let temporary = path.with_extension("previous");
+    let properties = WriterProperties::builder().set_key_value_metadata(Some(metadata)).build();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(&temporary).unwrap(), schema.clone(), Some(properties)).unwrap();
+    for mut batch in batches {
+        batch.remove_column(index);
+        writer.write(&RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).unwrap()).unwrap();
+    }
+    writer.close().unwrap();
+    std::fs::rename(&temporary, path).unwrap();
 }
 
 /// Compares the summaries of the typed and general plans over all records, in four groupings.

@@ -179,10 +179,18 @@ async fn parquet_rows<'a>(
 }
 
 /// Returns the expression that keeps the rows whose `column` (`meta` or
-/// `meta_low`) holds the top-level metadata entry `key` = `value`.
+/// `meta_low`) contains the top-level metadata entry `key` = `value`.
 pub fn metadata_filter(column: &str, key: &str, value: &str) -> Expr {
     let pattern = format!("%{}%", crate::trace_list::like_literal(&metadata_entry(key, value)));
     Expr::Like(Like::new(false, Box::new(col(column)), Box::new(lit(pattern)), Some('\\'), false))
+}
+
+/// Reports whether a filter on the metadata key `key` searches the full
+/// `meta` text somewhere in `scan`: on ClickHouse, or in a segment where the
+/// key has many values.
+pub fn metadata_reads_text(scan: &FastScan, key: &str) -> bool {
+    let key = metadata_key(key);
+    scan.clickhouse.is_some() || (0..scan.paths.len()).any(|index| scan.meta_is_high(index, &key))
 }
 
 /// Returns the stored traces of an organization that have every metadata

@@ -408,9 +408,13 @@ impl TraceQueries {
         for expr in filter_exprs(filter) {
             frame = frame.filter(expr)?;
         }
-        // The name's text and the agent's large dictionaries cost the most to
-        // filter, so those filters run once. Others run twice to skip reading ids.
-        let filtered = filter.name.is_some() || filter.name_contains.is_some() || filter.agent.is_some();
+        // The name's text, the agent's large dictionaries and the full metadata
+        // text cost the most to filter, so those filters run once. Others run
+        // twice to skip reading ids.
+        let filtered = filter.name.is_some()
+            || filter.name_contains.is_some()
+            || filter.agent.is_some()
+            || filter.metadata.iter().any(|(key, _)| fast::metadata_reads_text(&scan, key));
         let (count, batches) = count_and_page(frame, sort, paging, limit, filtered).await?;
 
         let mut rows: Vec<(Value, String)> = Vec::new();

@@ -232,8 +232,8 @@ impl TraceQueries {
     }
 
     /// Returns the traces `ids` as lists show them, in the order given, with
-    /// span totals summed from the typed columns of `scan`, which is
-    /// dropped before the traces themselves are read.
+    /// span totals summed from the typed columns of `scan`, and the traces
+    /// read from the files that `scan` holds.
     pub(crate) async fn typed_trace_summaries(
         &self,
         context: &SessionContext,

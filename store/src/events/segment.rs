@@ -237,7 +237,7 @@ fn typed_columns(keys: &[RowKeys<'_>], typed: &[&Typed]) -> Vec<ArrayRef> {
         int(|t| t.cost_nanos),
         int(|t| t.usage_at),
         text(|t| t.span_id.as_deref()),
-        // Filled in by `SegmentWriter::write_batch`, which sees every row of
+        // Filled in by `SegmentWriter::write_batch`, which receives every row of
         // the segment.
         dictionary_array(typed.iter().map(|_| None)),
     ]
@@ -280,6 +280,9 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
 /// or holds [`ALL_KEYS_HIGH`].
 const META_HIGH_KEYS: &str = "bedrock.meta_high_keys";
 const ALL_KEYS_HIGH: &str = "*";
+
+/// The column of the metadata entries of keys with few values.
+const META_LOW: &str = "meta_low";
 
 /// Page size of the `state` column: reading one object's state
 /// decompresses at most this much besides it.
@@ -460,7 +463,7 @@ impl SegmentWriter {
             .and_then(|column| column.as_any().downcast_ref::<StringArray>())
             .ok_or_else(|| StoreError::Internal("segment column meta is missing".into()))?;
         let low: Vec<Option<String>> = meta.iter().map(|meta| meta.map(|meta| self.meta.low_entries(meta))).collect();
-        let index = batch.schema().index_of("meta_low").map_err(StoreError::internal)?;
+        let index = batch.schema().index_of(META_LOW).map_err(StoreError::internal)?;
         let mut columns = batch.columns().to_vec();
         columns[index] = dictionary_array(low.iter().map(Option::as_deref));
         RecordBatch::try_new(batch.schema(), columns).map_err(StoreError::internal)
@@ -633,7 +636,9 @@ fn read_footer(path: &Path) -> Result<Footer, StoreError> {
         .map_err(|err| StoreError::Internal(format!("{}: {err}", path.display())))?;
     // A file of an older format (without typed columns, or with plain text
     // where dictionaries now are) is rewritten at start-up.
-    let current = schema().fields().iter().all(|field| {
+    // A file without `meta_low` needs no rewrite: its footer lists no high
+    // metadata keys, so every metadata filter reads its `meta` column.
+    let current = schema().fields().iter().filter(|field| field.name() != META_LOW).all(|field| {
         builder.schema().field_with_name(field.name()).is_ok_and(|found| found.data_type() == field.data_type())
     });
     let metadata = builder.metadata().file_metadata();
@@ -644,7 +649,12 @@ fn read_footer(path: &Path) -> Result<Footer, StoreError> {
             ("bedrock.applied_through", Some(value)) => applied.through = value.parse().unwrap_or(0),
             ("bedrock.applied_extra", Some(value)) => applied.extra = serde_json::from_str(value).unwrap_or_default(),
             // An unreadable list counts as "all keys high", which is always exact.
-            (META_HIGH_KEYS, Some(value)) => meta_high = serde_json::from_str::<BTreeSet<String>>(value).ok().map(Arc::new),
+            (META_HIGH_KEYS, Some(value)) if value != ALL_KEYS_HIGH => {
+                meta_high = serde_json::from_str::<BTreeSet<String>>(value)
+                    .inspect_err(|err| tracing::warn!(file = %path.display(), %err, "unreadable list of high metadata keys; reading meta for every key"))
+                    .ok()
+                    .map(Arc::new);
+            }
             _ => {}
         }
     }
@@ -696,11 +706,11 @@ fn conform(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
         .iter()
         .map(|field| {
             let Some(column) = batch.column_by_name(field.name()) else {
-                // Columns added since the file was written, and computed by the writer.
-                if field.is_nullable() {
+                // Files written before `meta_low` lack it, and the writer computes it.
+                if field.name() == META_LOW {
                     return Ok(datafusion::arrow::array::new_null_array(field.data_type(), batch.num_rows()));
                 }
-                return Err(StoreError::Internal(format!("segment column {} is missing: the file is corrupt", field.name())));
+                return Err(StoreError::Internal(format!("segment column {} is missing", field.name())));
             };
             datafusion::arrow::compute::cast(column, field.data_type()).map_err(StoreError::internal)
         })

@@ -104,6 +104,9 @@ const LOW_VALUE_BYTES: usize = 64;
 const LOW_KEYS: usize = 256;
 /// Maximum number of high keys a segment lists. Past it, every key is high.
 const HIGH_KEYS_LISTED: usize = 4096;
+/// Maximum bytes of the high keys a segment lists in its footer. Past it,
+/// every key is high.
+const HIGH_KEY_BYTES: usize = 64 * 1024;
 
 /// Splits the `meta` column of a segment's trace rows by key cardinality.
 ///
@@ -115,12 +118,19 @@ const HIGH_KEYS_LISTED: usize = 4096;
 /// the full `meta` column, which holds every entry. Rows written before a
 /// key went high keep its entries in `meta_low`, which such a filter never
 /// reads.
+///
+/// NOTE: the limits count the values of all the segment's organizations
+/// together, so one organization's many values make a key high for all.
+/// A row's `meta_low` joins all its low entries, so several low keys
+/// multiply the distinct values of the column.
 #[derive(Debug, Default)]
 pub struct MetaSplit {
     values: HashMap<String, HashSet<String>>,
     high: BTreeSet<String>,
-    /// Set once `high` would pass [`HIGH_KEYS_LISTED`]: every key is then
-    /// high, and neither set grows any more.
+    /// The bytes of the keys in `high`.
+    high_bytes: usize,
+    /// Set once `high` would pass [`HIGH_KEYS_LISTED`] keys or
+    /// [`HIGH_KEY_BYTES`]: every key is then high, and neither set grows.
     all_high: bool,
 }
 
@@ -144,14 +154,9 @@ impl MetaSplit {
         if self.all_high || self.high.contains(key) {
             return false;
         }
-        if self.high.len() >= HIGH_KEYS_LISTED {
-            self.all_high = true;
-            self.values.clear();
-            self.high.clear();
-            return false;
-        }
         if value.len() > LOW_VALUE_BYTES || (!self.values.contains_key(key) && self.values.len() >= LOW_KEYS) {
-            self.high.insert(key.to_string());
+            self.values.remove(key);
+            self.mark_high(key);
             return false;
         }
         let values = self.values.entry(key.to_string()).or_default();
@@ -163,8 +168,20 @@ impl MetaSplit {
             return true;
         }
         self.values.remove(key);
-        self.high.insert(key.to_string());
+        self.mark_high(key);
         false
+    }
+
+    /// Lists `key` as high, or makes every key high once the list is full.
+    fn mark_high(&mut self, key: &str) {
+        if self.high.len() >= HIGH_KEYS_LISTED || self.high_bytes + key.len() > HIGH_KEY_BYTES {
+            self.all_high = true;
+            self.values.clear();
+            self.high.clear();
+            return;
+        }
+        self.high_bytes += key.len();
+        self.high.insert(key.to_string());
     }
 
     /// Returns the keys (as [`metadata_key`] spells them) whose filters must
@@ -336,12 +353,24 @@ mod tests {
             split.low_entries(&meta_column(json!({ format!("k{index}"): long }).as_object().unwrap()));
         }
         assert_eq!(split.high_keys().map(BTreeSet::len), Some(HIGH_KEYS_LISTED));
-        // One more key: every key counts as high, even one that was low.
-        let low = split.low_entries(&meta_column(json!({"env": "prod", "extra": long}).as_object().unwrap()));
-        assert_eq!(low, "\u{1}");
+        assert!(split.high_bytes < HIGH_KEY_BYTES);
+        // One more high key: every key counts as high from then on.
+        split.low_entries(&meta_column(json!({"extra": long}).as_object().unwrap()));
         assert!(split.high_keys().is_none());
+        assert_eq!(split.low_entries(&meta_column(json!({"env": "prod"}).as_object().unwrap())), "\u{1}");
         assert!(split.high.is_empty());
         assert!(split.values.is_empty());
+    }
+
+    #[test]
+    fn meta_split_caps_high_key_bytes() {
+        let mut split = MetaSplit::default();
+        let long = "v".repeat(LOW_VALUE_BYTES + 1);
+        let key = "k".repeat(HIGH_KEY_BYTES / 2);
+        split.low_entries(&meta_column(json!({ format!("{key}1"): long }).as_object().unwrap()));
+        assert_eq!(split.high_keys().map(BTreeSet::len), Some(1));
+        split.low_entries(&meta_column(json!({ format!("{key}2"): long }).as_object().unwrap()));
+        assert!(split.high_keys().is_none());
     }
 
     #[test]
