@@ -400,8 +400,9 @@ fn organization_column_type(path: &std::path::Path) -> datafusion::arrow::dataty
     builder.schema().field_with_name("organization_id").unwrap().data_type().clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn previous_format_segments_rewritten() {
+/// Writes `traces` traces of `trace_writes(seed)` into segments on SQLite,
+/// flushing after every `per_flush`, and returns the directory and control plane.
+async fn segments_of_traces(seed: u64, traces: usize, per_flush: usize) -> (tempfile::TempDir, ControlPlane) {
     let dir = tempfile::tempdir().unwrap();
     let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
     control.migrate().await.unwrap();
@@ -409,16 +410,23 @@ async fn previous_format_segments_rewritten() {
         .execute_admin(&format!("INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('{ORGANIZATION}', 'a', 0, 0)"))
         .await
         .unwrap();
-    let (store, typed, _general) = open(dir.path(), &control, &Tier::Segments).await;
-    let mut rng = StdRng::seed_from_u64(11);
-    for n in 0..60 {
+    let (store, _typed, _general) = open(dir.path(), &control, &Tier::Segments).await;
+    let mut rng = StdRng::seed_from_u64(seed);
+    for n in 0..traces {
         let writes = trace_writes(&mut rng, n);
         store.apply(n as u64 + 1, &Batch { organization_id: ORGANIZATION.into(), received_at: BASE + n as i64, writes });
-        if n % 20 == 19 {
+        if n % per_flush == per_flush - 1 {
             store.flush().await.unwrap();
         }
     }
     store.flush().await.unwrap();
+    (dir, control)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_format_segments_rewritten() {
+    let (dir, control) = segments_of_traces(11, 60, 20).await;
+    let (store, typed, _general) = open(dir.path(), &control, &Tier::Segments).await;
     let grouping: &[&str] = &["model", "day"];
     let summary = typed.1.summary(ORGANIZATION, &UsageFilter::default(), grouping).await.unwrap();
     let listed = walk(&typed.0, &TraceFilter::default(), (SortField::StartedAt, true)).await;
@@ -448,25 +456,7 @@ async fn previous_format_segments_rewritten() {
 /// every metadata filter searching `meta`.
 #[tokio::test]
 async fn segments_without_meta_low_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = ControlPlane::open_sqlite(dir.path(), 2).await.unwrap();
-    control.migrate().await.unwrap();
-    control
-        .execute_admin(&format!("INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('{ORGANIZATION}', 'a', 0, 0)"))
-        .await
-        .unwrap();
-    let (store, typed, general) = open(dir.path(), &control, &Tier::Segments).await;
-    let mut rng = StdRng::seed_from_u64(13);
-    for n in 0..150 {
-        let writes = trace_writes(&mut rng, n);
-        store.apply(n as u64 + 1, &Batch { organization_id: ORGANIZATION.into(), received_at: BASE + n as i64, writes });
-        if n % 50 == 49 {
-            store.flush().await.unwrap();
-        }
-    }
-    store.flush().await.unwrap();
-    drop((store, typed, general));
-
+    let (dir, control) = segments_of_traces(13, 150, 50).await;
     let files = segment_files(&dir.path().join("events"));
     assert!(files.len() >= 3, "the flushes should have written segments: {files:?}");
     for file in &files {

@@ -285,6 +285,7 @@ async fn high_keys(store: &EventStore) -> Vec<Vec<String>> {
 async fn segments_list_the_metadata_keys_with_many_values() {
     let dir = tempfile::tempdir().unwrap();
     let store = EventStore::open(dir.path()).unwrap();
+
     // 40 traces per flush: `run` has a value per trace, `env` 2 values.
     for flush in 0..2u64 {
         let writes = (0..40)
@@ -305,10 +306,12 @@ async fn segments_list_the_metadata_keys_with_many_values() {
     // One more flush, so the first two are read from their files.
     apply(&store, 3, vec![trace_open("last")]);
     store.flush().await.unwrap();
-    // 40 values of `run` fit in a segment's `meta_low`; 80 do not.
+
+    // 40 values of `run` fit in a segment's `meta_low`, and 80 do not.
     assert_eq!(high_keys(&store).await, [Vec::<String>::new(), Vec::new()]);
     while store.compact(2).await.unwrap() {}
     assert_eq!(high_keys(&store).await, [vec!["run".to_string()]]);
+
     drop(store);
     let store = EventStore::open(dir.path()).unwrap();
     // Reopened, the last flush's segment is read from its file too.

@@ -927,8 +927,8 @@ impl EventStore {
         self.objects_by_id_locked(organization_id, kind, ids, pick).await
     }
 
-    /// Does the work of [`EventStore::objects_by_id`] while the caller holds
-    /// the segment files for reading.
+    /// Reads objects as [`EventStore::objects_by_id`] does, while the caller
+    /// keeps the segment files locked for reading.
     async fn objects_by_id_locked<F: Fields + DeserializeOwned>(
         &self,
         organization_id: &str,

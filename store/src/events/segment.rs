@@ -277,7 +277,7 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
 }
 
 /// The footer key that lists a segment's high metadata keys as a JSON array,
-/// or holds [`ALL_KEYS_HIGH`].
+/// or contains [`ALL_KEYS_HIGH`].
 const META_HIGH_KEYS: &str = "bedrock.meta_high_keys";
 const ALL_KEYS_HIGH: &str = "*";
 
@@ -623,7 +623,7 @@ fn rewrite_with_typed_columns(
     writer.finish().map(|segment| segment.meta_high)
 }
 
-/// What a segment's footer records: the log records applied, the row and
+/// The contents of a segment's footer: the log records applied, the row and
 /// byte counts, whether the file has the current schema, and its high
 /// metadata keys.
 type Footer = (Applied, u64, u64, bool, Option<Arc<BTreeSet<String>>>);

@@ -115,7 +115,7 @@ const HIGH_KEY_BYTES: usize = 64 * 1024;
 /// dictionary with few distinct values, so a filter searches it once per
 /// distinct value instead of once per row. The segment lists the keys that went
 /// high (too many values, or a long one): a filter on such a key searches
-/// the full `meta` column, which holds every entry. Rows written before a
+/// the full `meta` column, which contains every entry. Rows written before a
 /// key went high keep its entries in `meta_low`, which such a filter never
 /// reads.
 ///
