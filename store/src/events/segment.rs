@@ -12,7 +12,7 @@
 //! number merged in) and `state` (the [`Layered`](super::model::Layered)
 //! partial state as JSON), then the typed columns of [`Typed`], and last
 //! `meta_low`, the entries of `meta` whose key has few values in the segment
-//! (see [`MetaSplit`]; the footer lists the other keys). A flush
+//! (see [`MetaSplit`]). The footer lists the other keys. A flush
 //! writes its rows sorted by [`sort_key`] (organization, kind, usage, trace
 //! and id), so page statistics prune the reads of one kind, of the usage
 //! records, or of one trace. Compaction writes the sorted runs of its inputs
@@ -103,7 +103,7 @@ pub struct SegmentFile {
     /// Keys `[organization, trace id]` of the rows.
     pub traces: Arc<Bloom>,
     /// The metadata keys whose filters read `meta` rather than `meta_low`
-    /// (see [`MetaSplit`]); `None` for all keys.
+    /// (see [`MetaSplit`]), or `None` when all keys do.
     pub meta_high: Option<Arc<BTreeSet<String>>>,
 }
 
